@@ -1,0 +1,1 @@
+"""consumers: the Kafka runtime around the `moderation` library: the worker process, its wiring and the CLI."""

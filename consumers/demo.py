@@ -1,0 +1,167 @@
+"""The offline demo: an embedded broker, SQLite, sample images -> verdicts and review messages, then exit.
+
+Everything runs on this machine: a Tansu broker child process on a free loopback port, a SQLite file
+under the data directory, the small test model the repo builds (or a real checkpoint with --model).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from consumers.broker import EmbeddedBroker
+from consumers.clients import ensure_topics, make_producer, read_topic
+from consumers.messages import header
+from consumers.producer import file_event, image_event, send_events
+from consumers.service import build_moderator, run_worker
+from moderation.settings import Settings
+from moderation.storage import VerdictStore, create_engine_for
+from moderation.storage.migrate import upgrade
+from moderation.verdict import Verdict
+
+# (colour, width, height, format, inline?) - the test model was trained on noisy colour pictures.
+SAMPLES = [
+    ("red", 640, 480, "JPEG", False),
+    ("blue", 512, 512, "PNG", True),
+    ("green", 320, 240, "JPEG", False),
+    ("red", 256, 256, "PNG", True),
+    ("yellow", 480, 360, "JPEG", False),
+    ("blue", 800, 600, "JPEG", True),
+    ("green", 200, 300, "PNG", False),
+    ("red", 300, 200, "JPEG", True),
+]
+WAIT_FOR_VERDICTS_S = 300.0
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _demo_settings(settings: Settings, bootstrap: str, data_dir: Path, policy: Path) -> Settings:
+    updates: dict[str, Any] = {
+        "kafka": settings.kafka.model_copy(
+            update={
+                "bootstrap_servers": bootstrap,
+                "consumer_group": f"moderation-demo-{int(time.time())}",
+                "session_timeout_ms": 6000,  # the embedded broker's group join takes half of this
+            }
+        ),
+        "database": settings.database.model_copy(update={"url": None}),
+        "data_dir": data_dir,
+        "policy": settings.policy.model_copy(update={"path": policy}),
+        "batching": settings.batching.model_copy(update={"max_size": 4, "max_wait_ms": 300}),
+    }
+    return settings.model_copy(update=updates)
+
+
+def _write_samples(directory: Path) -> list[dict[str, Any] | bytes]:
+    """Sample image files plus deliberately broken images and events: every path through the pipeline."""
+    from moderation.testmodel import make_colour_image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    events: list[dict[str, Any] | bytes] = []
+    for i, (colour, width, height, fmt, inline) in enumerate(SAMPLES):
+        path = directory / f"{i:02d}-{colour}.{fmt.lower().replace('jpeg', 'jpg')}"
+        make_colour_image(colour, (width, height), seed=100 + i).save(path, fmt)
+        events.append(file_event(path, source="demo", inline=inline, content_id=path.stem))
+    truncated = directory / "08-truncated.jpg"
+    truncated.write_bytes((directory / "00-red.jpg").read_bytes()[:300])
+    events.append(file_event(truncated, source="demo", content_id=truncated.stem))
+    events.append(image_event(content_id="09-not-an-image", source="demo", image_bytes=b"just some text"))
+    missing = (directory / "nope.png").resolve().as_uri()
+    events.append(image_event(content_id="10-missing-file", source="demo", image_url=missing))
+    events.append(b"{this is not json")  # -> dead-letter topic
+    events.append(json.dumps({"schema_version": 1, "event_id": "no-image", "content_id": "x"}).encode())
+    return events
+
+
+def run_demo(settings: Settings, *, model: str | None, policy: Path | None, keep_running: bool = False) -> int:
+    using_test_model = model is None
+    if using_test_model:
+        from moderation.testmodel import build_test_model
+
+        _say("No --model given: using the small TEST model this repo builds offline. It tells colours apart")
+        _say("(red -> review, yellow -> block); it is not a content model. Pass --model PATH for a real CLIP.")
+        model = str(build_test_model(progress=_say))
+        policy = policy or Path("policies/test-model.yaml")
+    policy = policy or settings.policy.path
+
+    data_dir = settings.data_dir / "demo"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    with EmbeddedBroker() as broker:
+        _say(f"embedded broker (Tansu) on {broker.bootstrap_servers}, pid {broker.pid}")
+        demo = _demo_settings(settings, broker.bootstrap_servers, data_dir, policy)
+        upgrade(demo.database_url)
+        _say(f"SQLite database {demo.database_url.removeprefix('sqlite:///')}, model {model}, policy {policy}")
+        kafka = demo.kafka
+        ensure_topics(demo, [kafka.input_topic, kafka.review_topic, kafka.dead_letter_topic])
+
+        events = _write_samples(data_dir / "images")
+        producer = make_producer(demo)
+        sent = send_events(producer, kafka.input_topic, events)
+        producer.close(timeout=10)
+        valid = sum(isinstance(e, dict) for e in events)  # the deliberately broken events are raw bytes
+        _say(f"produced {sent} events to {kafka.input_topic} ({sent - valid} of them deliberately invalid)")
+
+        moderator = build_moderator(demo, model=model)
+        stop = threading.Event()
+        worker = threading.Thread(target=run_worker, args=(demo, stop, moderator), name="worker", daemon=True)
+        worker.start()
+        store = VerdictStore(create_engine_for(demo.database_url))
+        deadline = time.monotonic() + WAIT_FOR_VERDICTS_S
+        while store.count() < valid and time.monotonic() < deadline and worker.is_alive():
+            time.sleep(0.2)
+        stop.set()
+        worker.join(timeout=60)
+        verdicts = sorted(store.recent(limit=1000), key=lambda v: v.content_id)
+        review = read_topic(demo, kafka.review_topic)
+        dead = read_topic(demo, kafka.dead_letter_topic)
+
+    _print_verdicts(verdicts)
+    _print_review(review)
+    _print_dead_letters(dead)
+    flagged = {v.event_id for v in verdicts if v.flagged}
+    reviewed = {json.loads(r.value)["event_id"] for r in review}
+    ok = len(verdicts) == valid and flagged == reviewed and len(dead) == sent - valid
+    print(
+        f"\n{len(verdicts)}/{valid} events have a verdict; {len(flagged)} flagged, "
+        f"{len(review)} review messages ({'one per flagged verdict' if flagged == reviewed else 'MISMATCH'}); "
+        f"{len(dead)} dead-lettered."
+    )
+    if using_test_model:
+        print("Scored by the offline test model (colours, not content).")
+    return 0 if ok else 1
+
+
+def _print_verdicts(verdicts: list[Verdict]) -> None:
+    print(f"\nVerdicts ({len(verdicts)} rows in the verdicts table)")
+    print(f"{'content id':<20} {'status':<6} {'flagged':<7} {'top category':<13} {'action':<8} {'score':>6}  reason")
+    for v in verdicts:
+        score = f"{v.scores[v.top_category]:.3f}" if v.top_category in v.scores else ""
+        reason = v.error_reason or ""
+        print(
+            f"{v.content_id:<20} {v.status.value:<6} {'yes' if v.flagged else 'no':<7} "
+            f"{v.top_category or '-':<13} {v.action or '-':<8} {score:>6}  {reason}"
+        )
+
+
+def _print_review(records: list[Any]) -> None:
+    print(f"\nReview topic ({len(records)} messages)")
+    print(f"{'key':<20} {'event id (header)':<38} {'category':<10} {'action':<8} policy")
+    for r in records:
+        body = json.loads(r.value)
+        print(
+            f"{r.key.decode():<20} {header(r.headers, 'event_id') or '':<38} {body['top_category']:<10} "
+            f"{body['action']:<8} {body['policy_version']}"
+        )
+
+
+def _print_dead_letters(records: list[Any]) -> None:
+    print(f"\nDead-letter topic ({len(records)} messages)")
+    for r in records:
+        print(f"  {header(r.headers, 'dlq.reason'):<14} {(header(r.headers, 'dlq.detail') or '')[:90]}")

@@ -1,0 +1,89 @@
+"""What we publish: review-topic messages for flagged verdicts and dead-letter copies of bad events.
+
+Review messages are keyed by ``content_id`` and carry the ``event_id`` in a header as well as in the
+body, so a review tool can drop the repeats an at-least-once redelivery may cause.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from moderation.verdict import Verdict
+
+REVIEW_SCHEMA_VERSION = 1
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+def review_payload(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "schema_version": REVIEW_SCHEMA_VERSION,
+        "event_id": verdict.event_id,
+        "content_id": verdict.content_id,
+        "source": verdict.source,
+        "uploaded_at": verdict.uploaded_at.isoformat(),
+        "top_category": verdict.top_category,
+        "action": verdict.action,
+        "scores": verdict.scores,
+        "best_prompt": verdict.best_prompt,
+        "policy_version": verdict.policy_version,
+        "policy_hash": verdict.policy_hash,
+        "model_id": verdict.model_id,
+        "image_ref": verdict.image_ref,
+        "decided_at": (verdict.created_at or datetime.now(timezone.utc)).isoformat(),
+    }
+
+
+def review_message(topic: str, verdict: Verdict) -> OutgoingMessage:
+    return OutgoingMessage(
+        topic=topic,
+        key=verdict.content_id.encode(),
+        value=json.dumps(review_payload(verdict), separators=(",", ":")).encode(),
+        headers=[
+            ("event_id", verdict.event_id.encode()),
+            ("policy_version", verdict.policy_version.encode()),
+            ("content-type", b"application/json"),
+        ],
+    )
+
+
+def dead_letter_message(
+    topic: str,
+    *,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers,
+    reason: str,
+    detail: str,
+    source_topic: str,
+    partition: int,
+    offset: int,
+) -> OutgoingMessage:
+    """The original bytes, untouched, with why and where from in headers (original headers kept)."""
+    extra: Headers = [
+        ("dlq.reason", reason.encode()),
+        ("dlq.detail", detail[:2000].encode(errors="replace")),
+        ("dlq.source.topic", source_topic.encode()),
+        ("dlq.source.partition", str(partition).encode()),
+        ("dlq.source.offset", str(offset).encode()),
+        ("dlq.failed_at", datetime.now(timezone.utc).isoformat().encode()),
+    ]
+    return OutgoingMessage(topic=topic, key=key, value=value or b"", headers=[*headers, *extra])
+
+
+def header(headers: Headers | None, name: str) -> str | None:
+    for key, raw in headers or []:
+        if key == name:
+            return raw.decode(errors="replace") if raw is not None else None
+    return None

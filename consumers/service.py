@@ -1,0 +1,79 @@
+"""Wiring for one worker process: settings -> scorer, policy, store, Kafka clients -> `Worker.run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+
+import structlog
+
+from consumers.clients import make_consumer, make_producer
+from consumers.worker import BatchResult, Worker
+from moderation.exceptions import ConfigurationError
+from moderation.moderator import Moderator
+from moderation.policy import load_policy
+from moderation.scorer import ClipScorer
+from moderation.settings import Settings
+from moderation.storage import VerdictStore, create_engine_for
+from moderation.storage.migrate import current_revision, head_revision
+
+log = structlog.get_logger("moderation.service")
+
+
+def build_moderator(settings: Settings, model: str | None = None) -> Moderator:
+    """Load the policy first (cheap, and the likelier mistake), then the model, then warm the text side."""
+    policy = load_policy(settings.policy.path)
+    scorer = ClipScorer.load(model or settings.model.name_or_path, settings.model.device)
+    scorer.policy_embeddings(policy)
+    log.info(
+        "model and policy loaded", model=scorer.model_id, device=str(scorer.device),
+        policy=policy.path, policy_version=policy.version, policy_hash=policy.sha256[:12],
+    )
+    return Moderator(scorer, policy, settings.images, loader_threads=min(8, (os.cpu_count() or 2) * 2))
+
+
+def open_store(settings: Settings) -> VerdictStore:
+    """Connect and check the schema is migrated: the worker never creates tables on its own."""
+    url = settings.database_url
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        raise ConfigurationError(
+            f"database schema is at revision {current or 'none'}, expected {head}: run `moderation migrate` first"
+        )
+    store = VerdictStore(create_engine_for(url))
+    store.ping()
+    return store
+
+
+def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator | None = None) -> BatchResult:
+    """Run one group member until `stop` is set, then leave the group cleanly."""
+    store = open_store(settings)
+    moderator = moderator or build_moderator(settings)
+    consumer = make_consumer(settings)
+    producer = make_producer(settings)
+    worker = Worker(consumer=consumer, producer=producer, moderator=moderator, store=store, settings=settings)
+    try:
+        worker.run(stop)
+    finally:
+        # Offsets were committed batch by batch; nothing unfinished may be committed on the way out.
+        consumer.close(autocommit=False)
+        producer.close(timeout=10)
+        moderator.close()
+        store.engine.dispose()
+    return worker.totals
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT: finish the batch in flight, commit, leave. A second one: exit at once."""
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("second signal, exiting without finishing the batch", signal=signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("stopping after the batch in flight", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

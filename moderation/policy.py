@@ -1,0 +1,128 @@
+"""Policies are data: YAML files validated into pydantic models, with a content hash for auditing.
+
+A category is a set of text prompts; its text embedding is the normalised mean of its prompts'
+embeddings. Categories with a threshold and an action are *unsafe*: an image is flagged when the
+probability of any unsafe category reaches its threshold. The others (``safe`` and friends) give the
+model somewhere to put benign images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from moderation.exceptions import PolicyError
+
+CategoryName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+
+
+class Action(str, Enum):
+    """What the platform should do with an image; `allow` is reserved for images that are not flagged."""
+
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+    ESCALATE = "escalate"
+
+
+class Category(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompts: list[Prompt] = Field(min_length=1, max_length=256)
+    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    action: Action | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _threshold_and_action_together(self) -> Category:
+        if (self.threshold is None) != (self.action is None):
+            raise ValueError("an unsafe category needs both 'threshold' and 'action'; a safe one neither")
+        if self.action is Action.ALLOW:
+            raise ValueError("'allow' is not an action for an unsafe category (leave out threshold and action)")
+        if len(set(self.prompts)) != len(self.prompts):
+            raise ValueError("prompts must be unique within a category")
+        return self
+
+    @property
+    def unsafe(self) -> bool:
+        return self.threshold is not None
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    description: str = ""
+    categories: dict[CategoryName, Category] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _needs_safe_and_unsafe(self) -> Policy:
+        if not any(c.unsafe for c in self.categories.values()):
+            raise ValueError("at least one category needs a threshold and an action (nothing could be flagged)")
+        if all(c.unsafe for c in self.categories.values()):
+            raise ValueError("at least one category must be safe (no threshold): benign images need a home")
+        return self
+
+    @property
+    def category_names(self) -> list[str]:
+        return list(self.categories)
+
+    @property
+    def unsafe_categories(self) -> dict[str, Category]:
+        return {name: c for name, c in self.categories.items() if c.unsafe}
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A validated policy plus where it came from and a hash of its meaning (not of its whitespace)."""
+
+    policy: Policy
+    path: str
+    sha256: str
+
+    @property
+    def version(self) -> str:
+        return self.policy.version
+
+
+def policy_hash(policy: Policy) -> str:
+    canonical = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_policy(text: str, path: str = "<policy>") -> LoadedPolicy:
+    """Validate YAML text; raise `PolicyError` naming the file, each bad field and its problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise PolicyError(path, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from exc
+    if not isinstance(raw, dict):
+        raise PolicyError(path, [("(file)", "expected a mapping with 'version' and 'categories'")])
+    try:
+        policy = Policy.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            (".".join(str(part) for part in err["loc"]) or "(policy)", err["msg"]) for err in exc.errors()
+        ]
+        raise PolicyError(path, problems) from exc
+    return LoadedPolicy(policy=policy, path=path, sha256=policy_hash(policy))
+
+
+def load_policy(path: str | Path) -> LoadedPolicy:
+    """Read and validate a policy file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(str(path), [("(file)", f"cannot be read: {exc}")]) from exc
+    return parse_policy(text, str(path))

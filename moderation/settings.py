@@ -1,0 +1,141 @@
+"""Settings, read once at start-up from the environment (prefix ``MODERATION_``) and an optional ``.env``.
+
+Groups nest with a double underscore: ``MODERATION_KAFKA__BOOTSTRAP_SERVERS``,
+``MODERATION_BATCHING__MAX_SIZE``. Secrets are `SecretStr` and `masked()` hides them (and the password
+inside a database URL) so the effective settings can be printed and logged safely.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_MASK = "**********"
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Group):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    input_topic: str = Field("images.uploaded", description="Topic the upload services produce events to.")
+    review_topic: str = Field("moderation.review", description="Flagged items for human reviewers.")
+    dead_letter_topic: str = Field("images.uploaded.dlq", description="Events that cannot be understood.")
+    consumer_group: str = Field("moderation", description="Kafka consumer group of the worker fleet.")
+    client_id: str = Field("moderation", description="Client id sent to the brokers (shows in broker logs).")
+    session_timeout_ms: int = Field(10_000, ge=1_000, description="Group session timeout.")
+    max_poll_interval_ms: int = Field(300_000, ge=10_000, description="Longest allowed gap between polls.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    def client_options(self) -> dict[str, Any]:
+        """Options shared by the consumer and the producers, in kafka-python's vocabulary."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                options["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        if self.ssl_cafile:
+            options["ssl_cafile"] = str(self.ssl_cafile)
+        return options
+
+
+class DatabaseSettings(_Group):
+    url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL; default: a SQLite file in the data directory."
+    )
+
+
+class ModelSettings(_Group):
+    name_or_path: str = Field(
+        "openai/clip-vit-base-patch32",
+        description="Local checkpoint directory or a hub id already in the local Hugging Face cache.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class BatchingSettings(_Group):
+    max_size: int = Field(32, ge=1, le=4096, description="Largest batch scored in one forward pass.")
+    max_wait_ms: int = Field(500, ge=0, description="A batch closes after this long even if not full.")
+
+
+class PolicySettings(_Group):
+    path: Path = Field(Path("policies/default.yaml"), description="Policy file applied to every event.")
+
+
+class ImageSettings(_Group):
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest encoded image accepted.")
+    max_pixels: int = Field(64_000_000, ge=1, description="Largest decoded image (width x height).")
+    fetch_timeout_s: float = Field(10.0, gt=0, description="Connect and read timeout for http(s) images.")
+    allow_http: bool = Field(True, description="Accept http(s):// image URLs.")
+    allow_file: bool = Field(True, description="Accept file:// image URLs.")
+    file_root: Path | None = Field(None, description="If set, file:// images must lie under this directory.")
+
+
+class LogSettings(_Group):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["console", "json"] = "console"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODERATION_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    data_dir: Path = Field(Path("data"), description="Where local state (the SQLite file) lives.")
+    kafka: KafkaSettings = KafkaSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    model: ModelSettings = ModelSettings()
+    batching: BatchingSettings = BatchingSettings()
+    policy: PolicySettings = PolicySettings()
+    images: ImageSettings = ImageSettings()
+    log: LogSettings = LogSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'moderation.db'}"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, with every secret replaced by a mask."""
+        data = self.model_dump(mode="json")
+        data["database"]["url"] = mask_url(self.database_url)
+        if self.kafka.sasl_password is not None:
+            data["kafka"]["sasl_password"] = _MASK
+        return data
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a URL such as ``postgresql://user:secret@host/db``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:{_MASK}@{host}" if parts.username else f":{_MASK}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
