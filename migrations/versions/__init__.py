@@ -1,0 +1,1 @@
+"""Alembic revisions, one file each; a package so setuptools ships them in the wheel."""

@@ -1,0 +1,126 @@
+"""The `verdicts` table: one row per image event, the durable record of every decision we made.
+
+The schema is declared here once, for the store's queries and as Alembic's `target_metadata`; the
+migrations in `migrations/versions/` create it and must stay in step with it (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Deterministic constraint names, so migrations (and SQLite's batch mode, which recreates tables)
+# can refer to constraints by a name that is the same on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Event, content and model identifiers come from upstream systems we do not control: generous, not unlimited.
+ID_LENGTH = 255
+SHA256_HEX_LENGTH = 64
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always stored as UTC and always comes back timezone-aware, in UTC.
+
+    PostgreSQL's `timestamptz` keeps the instant but returns it in the session's time zone; SQLite has
+    no time zone support and SQLAlchemy silently drops `tzinfo`. Normalising to UTC on the way in and
+    attaching UTC on the way out gives the same values on both. Naive datetimes are refused: we cannot
+    know which instant they mean, and guessing would put wrong times in an audit record.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()!r}: timestamps must be timezone-aware")
+        utc = value.astimezone(timezone.utc)
+        # SQLite stores text without an offset; store the UTC wall time so values sort correctly.
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+# JSONB on PostgreSQL (indexable, compact); plain JSON (text) elsewhere.
+ScoresJSON = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a bigint identity for headroom.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class VerdictRow(Base):
+    """A stored `moderation.verdict.Verdict`; `event_id` is the idempotency key for redelivered events."""
+
+    __tablename__ = "verdicts"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False, unique=True)
+    content_id: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    source: Mapped[str] = mapped_column(String(128), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    flagged: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    top_category: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str | None] = mapped_column(String(16))
+    scores: Mapped[dict[str, Any]] = mapped_column(ScoresJSON, nullable=False)
+    best_prompt: Mapped[str | None] = mapped_column(Text)
+    policy_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    policy_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), nullable=False)
+    model_id: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    image_ref: Mapped[str] = mapped_column(Text, nullable=False)  # URLs can be long
+    image_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH))
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    error_reason: Mapped[str | None] = mapped_column(String(128))
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    load_ms: Mapped[float | None] = mapped_column(Float)
+    score_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        # The one invariant the database can check cheaply: a status the code knows how to read back.
+        CheckConstraint("status IN ('ok', 'error')", name="status"),
+        # Trust-and-safety dashboard queries: everything about one piece of content, the newest
+        # verdicts, the newest flagged verdicts, and error rates.
+        Index("ix_verdicts_content_id", "content_id"),
+        Index("ix_verdicts_created_at", "created_at"),
+        Index("ix_verdicts_flagged_created_at", "flagged", "created_at"),
+        Index("ix_verdicts_status", "status"),
+    )
+
+
+# The Core table, for bulk statements that need no ORM identity tracking.
+verdicts_table: Table = Base.metadata.tables["verdicts"]

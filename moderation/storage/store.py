@@ -1,0 +1,262 @@
+"""Writing and reading verdicts: the only code that talks SQL to the verdicts table.
+
+Kafka delivers at least once, so the same event can arrive again after a rebalance or a crash
+before the offset commit. `VerdictStore.save_batch` makes redelivery harmless: `event_id` is unique
+and the insert is `ON CONFLICT (event_id) DO NOTHING`, so the first verdict recorded for an event is
+the one that stays, and the caller gets that stored verdict back to act on (for example to publish
+the review message that matches what the database says, not what this attempt computed).
+
+Only SQLite (tests, single-host runs) and PostgreSQL (production) are supported: the idempotent
+insert is written with their dialects' `insert()`. Tables are created by migrations
+(`moderation.storage.migrate`), never here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, Select, create_engine, event, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from moderation.exceptions import ConfigurationError, ModerationError
+from moderation.storage.models import verdicts_table
+from moderation.verdict import Verdict, VerdictStatus
+
+SQLITE_BUSY_TIMEOUT_MS = 5_000  # wait this long for another writer instead of failing at once
+POSTGRES_CONNECT_TIMEOUT_S = 10  # libpq waits forever by default; a dead host should fail a health check
+
+# The dialect-specific insert() is what provides on_conflict_do_nothing().
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+_T = TypeVar("_T")
+
+
+class StorageError(ModerationError):
+    """The database refused or could not run a statement; the driver's exception is the __cause__."""
+
+
+def normalise_url(url: str) -> URL:
+    """Parse `url`, pointing plain PostgreSQL URLs at psycopg 3 (SQLAlchemy would pick psycopg2)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"invalid database URL: {exc}") from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def create_engine_for(url: str) -> Engine:
+    """An engine configured for a long-running consumer on SQLite or PostgreSQL.
+
+    SQLite: the database file's directory is created if missing, and every connection uses WAL (readers
+    do not block the writer) with a busy timeout. PostgreSQL: psycopg 3 and a connect timeout. Both
+    pre-ping pooled connections, so a database restart costs one reconnect, not a failed batch.
+    """
+    parsed = normalise_url(url)
+    backend = parsed.get_backend_name()
+    if backend not in _INSERTS:
+        raise ConfigurationError(f"unsupported database {backend!r}: use sqlite or postgresql")
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        _create_sqlite_directory(parsed)
+    elif "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+    try:
+        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigurationError(f"cannot use database URL {parsed!r}: {exc}") from exc
+    if backend == "sqlite":
+        event.listen(engine, "connect", _configure_sqlite_connection)
+    return engine
+
+
+def _create_sqlite_directory(url: URL) -> None:
+    database = url.database or ""
+    # In-memory databases and `file:` URIs have no directory we could sensibly create.
+    if database in ("", ":memory:") or database.startswith("file:") or url.query.get("uri"):
+        return
+    directory = Path(database).parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the SQLite directory {str(directory)!r}: {exc}") from exc
+
+
+def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")  # persistent in the file; cheap to repeat
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")  # per connection
+    finally:
+        cursor.close()
+
+
+def _max_bind_parameters(dialect_name: str) -> int:
+    """How many bound parameters one statement may carry, with room to spare."""
+    if dialect_name == "sqlite":
+        # SQLITE_MAX_VARIABLE_NUMBER: 999 before SQLite 3.32, 32766 since.
+        return 999 if sqlite3.sqlite_version_info < (3, 32, 0) else 32_000
+    return 30_000  # the PostgreSQL protocol allows 65535
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """The driver's message, without the SQL and parameters SQLAlchemy appends (they can be huge)."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else ''}"
+
+
+def _to_row(verdict: Verdict) -> dict[str, Any]:
+    # created_at is deliberately absent: the database's clock stamps it.
+    return {
+        "event_id": verdict.event_id,
+        "content_id": verdict.content_id,
+        "source": verdict.source,
+        "status": VerdictStatus(verdict.status).value,
+        "flagged": verdict.flagged,
+        "top_category": verdict.top_category,
+        "action": verdict.action,
+        "scores": dict(verdict.scores),
+        "best_prompt": verdict.best_prompt,
+        "policy_version": verdict.policy_version,
+        "policy_hash": verdict.policy_hash,
+        "model_id": verdict.model_id,
+        "image_ref": verdict.image_ref,
+        "image_sha256": verdict.image_sha256,
+        "uploaded_at": verdict.uploaded_at,
+        "error_reason": verdict.error_reason,
+        "error_detail": verdict.error_detail,
+        "load_ms": verdict.load_ms,
+        "score_ms": verdict.score_ms,
+    }
+
+
+def _to_verdict(row: Mapping[str, Any]) -> Verdict:
+    return Verdict(
+        event_id=row["event_id"],
+        content_id=row["content_id"],
+        source=row["source"],
+        status=VerdictStatus(row["status"]),
+        flagged=bool(row["flagged"]),
+        top_category=row["top_category"],
+        action=row["action"],
+        scores={str(name): float(p) for name, p in row["scores"].items()},
+        best_prompt=row["best_prompt"],
+        policy_version=row["policy_version"],
+        policy_hash=row["policy_hash"],
+        model_id=row["model_id"],
+        image_ref=row["image_ref"],
+        image_sha256=row["image_sha256"],
+        uploaded_at=row["uploaded_at"],
+        error_reason=row["error_reason"],
+        error_detail=row["error_detail"],
+        load_ms=row["load_ms"],
+        score_ms=row["score_ms"],
+        created_at=row["created_at"],
+    )
+
+
+class VerdictStore:
+    """Idempotent writes and the few reads the service and its dashboard need, over one Engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect_name = engine.dialect.name
+        if dialect_name not in _INSERTS:
+            raise ConfigurationError(f"unsupported database {dialect_name!r}: use sqlite or postgresql")
+        self._engine = engine
+        self._insert = _INSERTS[dialect_name]
+        self._max_parameters = _max_bind_parameters(dialect_name)
+        # Every inserted row binds the same columns; size multi-row INSERTs to fit the parameter limit.
+        self._rows_per_insert = max(1, self._max_parameters // len(verdicts_table.columns))
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def save_batch(self, verdicts: Sequence[Verdict]) -> list[Verdict]:
+        """Record `verdicts` in one transaction; return, in input order, what the database holds for each.
+
+        An event_id already stored keeps its original row, and the original comes back; repeats of one
+        event_id within the batch collapse to the first. Either the whole batch is written or nothing is.
+        """
+        if not verdicts:
+            return []
+        first_rows: dict[str, dict[str, Any]] = {}
+        for verdict in verdicts:
+            first_rows.setdefault(verdict.event_id, _to_row(verdict))
+        rows = list(first_rows.values())
+        event_ids = list(first_rows)
+        table = verdicts_table
+        stored: dict[str, Verdict] = {}
+        try:
+            with self._engine.begin() as conn:
+                for chunk in _chunks(rows, self._rows_per_insert):
+                    insert = self._insert(table).values(list(chunk))
+                    conn.execute(insert.on_conflict_do_nothing(index_elements=[table.c.event_id]))
+                # Read back inside the same transaction: rows we inserted and rows that were already
+                # there (including ones a concurrent writer committed while we waited on its lock).
+                for id_chunk in _chunks(event_ids, self._max_parameters):
+                    result = conn.execute(select(table).where(table.c.event_id.in_(id_chunk)))
+                    for row in result.mappings():
+                        stored[row["event_id"]] = _to_verdict(row)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not save {len(verdicts)} verdicts: {_describe(exc)}") from exc
+        missing = [event_id for event_id in event_ids if event_id not in stored]
+        if missing:  # cannot happen unless something deletes rows under us; never return a partial answer
+            raise StorageError(f"verdicts missing right after saving them: {missing[:5]}")
+        return [stored[verdict.event_id] for verdict in verdicts]
+
+    def get(self, event_id: str) -> Verdict | None:
+        """The verdict stored for `event_id`, or None."""
+        found = self._fetch(select(verdicts_table).where(verdicts_table.c.event_id == event_id))
+        return found[0] if found else None
+
+    def count(self) -> int:
+        """How many verdicts are stored."""
+        try:
+            with self._engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(verdicts_table)).scalar_one())
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not count verdicts: {_describe(exc)}") from exc
+
+    def recent(self, limit: int = 50) -> list[Verdict]:
+        """The newest verdicts, newest first."""
+        return self._fetch(self._newest_first(select(verdicts_table), limit))
+
+    def flagged(self, limit: int = 50) -> list[Verdict]:
+        """The newest flagged verdicts, newest first (served by the (flagged, created_at) index)."""
+        query = select(verdicts_table).where(verdicts_table.c.flagged)
+        return self._fetch(self._newest_first(query, limit))
+
+    def ping(self) -> None:
+        """Raise StorageError unless the database answers `SELECT 1`: for readiness probes."""
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database unreachable: {_describe(exc)}") from exc
+
+    @staticmethod
+    def _newest_first(query: Select[Any], limit: int) -> Select[Any]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        # created_at has one value per transaction (PostgreSQL) or per second (SQLite): id breaks ties.
+        return query.order_by(verdicts_table.c.created_at.desc(), verdicts_table.c.id.desc()).limit(limit)
+
+    def _fetch(self, query: Select[Any]) -> list[Verdict]:
+        try:
+            with self._engine.connect() as conn:
+                return [_to_verdict(row) for row in conn.execute(query).mappings()]
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not read verdicts: {_describe(exc)}") from exc

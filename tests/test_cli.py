@@ -1,0 +1,152 @@
+"""The `moderation` command line, run as a real process: settings, policy check, migrate, run, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumers.producer import file_event
+from moderation.storage import VerdictStore, create_engine_for
+from moderation.testmodel import make_colour_image
+from tests.fixtures_kafka import POLICY, PipelineEnv, committed_total
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def moderation(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 120) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "consumers.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})},
+    )
+
+
+def test_settings_prints_effective_settings_with_secrets_masked() -> None:
+    result = moderation(
+        "settings",
+        env={
+            "MODERATION_DATABASE__URL": "postgresql://app:hunter2@127.0.0.1:5432/verdicts",
+            "MODERATION_KAFKA__SASL_PASSWORD": "kafka-secret",
+            "MODERATION_BATCHING__MAX_SIZE": "17",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["batching"]["max_size"] == 17
+    assert shown["database"]["url"] == "postgresql://app:**********@127.0.0.1:5432/verdicts"
+    assert "hunter2" not in result.stdout and "kafka-secret" not in result.stdout
+
+
+def test_invalid_settings_are_refused_with_the_variable_named() -> None:
+    result = moderation("settings", env={"MODERATION_MODEL__DEVICE": "gpu"})
+    assert result.returncode == 2
+    assert "device" in result.stderr
+
+
+def test_policy_check_accepts_good_files_and_names_file_field_problem(tmp_path: Path) -> None:
+    good = moderation("policy", "check", str(POLICY), "policies/default.yaml")
+    assert good.returncode == 0, good.stderr
+    assert "version=test-model-1" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: '2'\ncategories:\n  safe: {prompts: [a]}\n  nsfw: {prompts: [b], threshold: 2, action: block}\n")
+    result = moderation("policy", "check", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}: categories.nsfw.threshold: Input should be less than or equal to 1" in result.stderr
+
+
+def test_migrate_creates_the_schema_and_is_repeatable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db' / 'verdicts.db'}"
+    for _ in range(2):
+        result = moderation("migrate", env={"MODERATION_DATABASE__URL": url})
+        assert result.returncode == 0, result.stderr
+        assert "schema at revision 0001" in result.stdout
+    assert VerdictStore(create_engine_for(url)).count() == 0
+
+
+def test_run_refuses_an_unmigrated_database(tmp_path: Path, test_model_dir: Path) -> None:
+    result = moderation(
+        "run",
+        env={"MODERATION_DATABASE__URL": f"sqlite:///{tmp_path / 'empty.db'}", "MODERATION_POLICY__PATH": str(POLICY)},
+    )
+    assert result.returncode == 1
+    assert "moderation migrate" in result.stderr
+
+
+def test_missing_model_gives_a_clear_message(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    assert moderation("migrate", env={"MODERATION_DATABASE__URL": url}).returncode == 0
+    result = moderation(
+        "run",
+        env={
+            "MODERATION_DATABASE__URL": url,
+            "MODERATION_MODEL__NAME_OR_PATH": str(tmp_path / "no-such-model"),
+            "MODERATION_POLICY__PATH": str(POLICY),
+            "HF_HUB_OFFLINE": "1",
+        },
+    )
+    assert result.returncode == 1
+    assert "no-such-model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.kafka
+def test_run_processes_events_and_exits_0_on_sigterm(
+    pipeline_env: Any, sqlite_url: str, test_model_dir: Path, tmp_path: Path
+) -> None:
+    env: PipelineEnv = pipeline_env(sqlite_url)
+    paths = []
+    for i, colour in enumerate(["red", "blue", "yellow", "green", "red"]):
+        path = tmp_path / f"{i}-{colour}.jpg"
+        make_colour_image(colour, (200, 150), seed=i).save(path, "JPEG")
+        paths.append(path)
+    produced = env.produce([file_event(p, source="cli-test") for p in paths])
+    kafka = env.settings.kafka
+    variables = {
+        "MODERATION_DATABASE__URL": sqlite_url,
+        "MODERATION_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "MODERATION_KAFKA__INPUT_TOPIC": kafka.input_topic,
+        "MODERATION_KAFKA__REVIEW_TOPIC": kafka.review_topic,
+        "MODERATION_KAFKA__DEAD_LETTER_TOPIC": kafka.dead_letter_topic,
+        "MODERATION_KAFKA__CONSUMER_GROUP": kafka.consumer_group,
+        "MODERATION_KAFKA__SESSION_TIMEOUT_MS": "2000",
+        "MODERATION_MODEL__NAME_OR_PATH": str(test_model_dir),
+        "MODERATION_MODEL__DEVICE": "cpu",
+        "MODERATION_POLICY__PATH": str(POLICY),
+        "MODERATION_LOG__FORMAT": "json",
+    }
+    assert moderation("migrate", env=variables).returncode == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "consumers.cli", "run"], cwd=REPO, env={**os.environ, **variables},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while committed_total(env.settings) < produced and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    store = VerdictStore(create_engine_for(sqlite_url))
+    assert store.count() == produced
+    assert {v.content_id for v in store.flagged()} == {"0-red.jpg", "2-yellow.jpg", "4-red.jpg"}
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert any(line.get("event") == "worker stopping" for line in lines)  # JSON logs, clean shutdown
+
+
+def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path, test_model_dir: Path) -> None:
+    result = moderation("demo", env={"MODERATION_DATA_DIR": str(tmp_path)}, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test model" in result.stderr.lower()
+    assert "one per flagged verdict" in result.stdout
+    assert "11/11 events have a verdict; 4 flagged, 4 review messages" in result.stdout

@@ -1,0 +1,170 @@
+"""End to end on the real embedded broker and real SQLite / PostgreSQL: events in, verdicts, review, DLQ."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumers.messages import header
+from consumers.producer import file_event, image_event
+from consumers.worker import STEP_FLUSHED, BatchResult
+from moderation.moderator import Moderator
+from moderation.policy import load_policy
+from moderation.storage import VerdictStore, create_engine_for, upgrade
+from moderation.testmodel import make_colour_image
+from moderation.verdict import VerdictStatus
+from tests.fixtures_kafka import POLICY, PipelineEnv, all_committed, committed_total, new_worker, run_worker_until
+
+pytestmark = pytest.mark.kafka
+
+FLAGGED_COLOURS = {"red": "review", "yellow": "block"}
+
+
+def corpus(directory: Path, per_colour: int = 3) -> tuple[list[dict[str, Any] | bytes], dict[str, str]]:
+    """Colour images (file:// and inline, JPEG and PNG), broken images and broken events.
+
+    Returns the events to produce and, per content id, what should happen to it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    events: list[dict[str, Any] | bytes] = []
+    expected: dict[str, str] = {}
+    for colour in ("red", "blue", "green", "yellow"):
+        for i in range(per_colour):
+            fmt = "JPEG" if i % 2 == 0 else "PNG"
+            path = directory / f"{colour}-{i}.{fmt.lower()}"
+            make_colour_image(colour, (160 + 40 * i, 120 + 30 * i), seed=500 + i).save(path, fmt)
+            events.append(file_event(path, source="test", inline=i % 2 == 1, content_id=path.stem))
+            expected[path.stem] = FLAGGED_COLOURS.get(colour, "allow")
+    truncated = directory / "truncated.jpg"
+    truncated.write_bytes((directory / "red-0.jpeg").read_bytes()[:200])
+    events.append(file_event(truncated, source="test", content_id="truncated"))
+    events.append(image_event(content_id="text", source="test", image_bytes=b"not an image at all"))
+    events.append(image_event(content_id="missing", source="test", image_url=(directory / "gone.png").as_uri()))
+    expected.update({"truncated": "error:decode_failed", "text": "error:not_an_image", "missing": "error:not_found"})
+    events.append(b"{not json")
+    events.append(json.dumps({"schema_version": 1, "event_id": "no-fields"}).encode())
+    events.append(json.dumps({**image_event(content_id="v9", source="t", image_url="file:///x"), "schema_version": 9}).encode())
+    return events, expected
+
+
+def event_id_of(value: bytes) -> str | None:
+    try:
+        return json.loads(value).get("event_id")
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("batch_size", [4])
+def test_events_become_verdicts_review_messages_and_dead_letters(
+    pipeline_env: Any, database_url: str, scorer: Any, tmp_path: Path, batch_size: int
+) -> None:
+    env: PipelineEnv = pipeline_env(database_url, max_size=batch_size)
+    events, expected = corpus(tmp_path / "images")
+    produced = env.produce(events)
+    upgrade(database_url)
+    store = VerdictStore(create_engine_for(database_url))
+    moderator = Moderator(scorer, load_policy(POLICY), env.settings.images)
+    worker = new_worker(env, moderator, store)
+    try:
+        run_worker_until(worker, all_committed(env.settings, produced))
+    finally:
+        worker.consumer.close(autocommit=False)
+        worker.producer.close(timeout=5)
+        moderator.close()
+
+    verdicts = {v.content_id: v for v in store.recent(limit=1000)}
+    assert store.count() == len(expected) == len(verdicts)  # exactly one row per valid event
+    for content_id, outcome in expected.items():
+        verdict = verdicts[content_id]
+        if outcome.startswith("error:"):
+            assert verdict.status is VerdictStatus.ERROR
+            assert verdict.error_reason == outcome.removeprefix("error:")
+            assert not verdict.flagged
+        else:
+            assert verdict.status is VerdictStatus.OK
+            assert verdict.action == outcome, (content_id, verdict.scores)
+            assert verdict.flagged == (outcome != "allow")
+            assert verdict.policy_version == "test-model-1"
+            assert len(verdict.policy_hash) == 64
+            assert abs(sum(verdict.scores.values()) - 1.0) < 1e-3
+
+    kafka = env.settings.kafka
+    review = env.read(kafka.review_topic)
+    flagged = {v.event_id: v for v in verdicts.values() if v.flagged}
+    assert len(flagged) == 6  # three red, three yellow
+    review_ids = [json.loads(r.value)["event_id"] for r in review]
+    assert sorted(review_ids) == sorted(flagged)  # each flagged verdict exactly once
+    for record in review:
+        body = json.loads(record.value)
+        verdict = flagged[body["event_id"]]
+        assert record.key.decode() == verdict.content_id
+        assert header(record.headers, "event_id") == verdict.event_id
+        assert body["top_category"] == verdict.top_category
+        assert body["action"] == verdict.action
+        assert body["scores"] == verdict.scores
+        assert body["policy_version"] == verdict.policy_version
+
+    dead = env.read(kafka.dead_letter_topic)
+    reasons = Counter(header(r.headers, "dlq.reason") for r in dead)
+    assert reasons == {"invalid_json": 1, "invalid_event": 1, "unsupported_schema_version": 1}
+    assert b"{not json" in [r.value for r in dead]  # the original bytes travel unchanged
+    for record in dead:
+        assert header(record.headers, "dlq.source.topic") == kafka.input_topic
+        assert header(record.headers, "dlq.source.offset") is not None
+
+    assert committed_total(env.settings) == produced  # every record, dead-lettered ones too
+
+
+def test_crash_before_offset_commit_redelivers_without_duplicate_rows(
+    pipeline_env: Any, sqlite_url: str, scorer: Any, tmp_path: Path
+) -> None:
+    env: PipelineEnv = pipeline_env(sqlite_url, max_size=64, max_wait_ms=1500)
+    events, expected = corpus(tmp_path / "images", per_colour=2)
+    produced = env.produce(events)
+    upgrade(sqlite_url)
+    store = VerdictStore(create_engine_for(sqlite_url))
+    moderator = Moderator(scorer, load_policy(POLICY), env.settings.images)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_flush(step: str, result: BatchResult) -> None:
+        if step == STEP_FLUSHED:  # verdicts committed, review messages acknowledged, offsets NOT committed
+            raise Crash
+
+    first = new_worker(env, moderator, store, on_step=crash_after_flush)
+    first.consumer.subscribe([env.settings.kafka.input_topic])
+    records: list[Any] = []
+    while not records:
+        records = first.poll_batch(threading.Event())
+    with pytest.raises(Crash):
+        first.process(records)
+    rows_after_crash = store.count()
+    assert rows_after_crash > 0
+    assert committed_total(env.settings) == 0
+    first.consumer.close(autocommit=False)
+    first.producer.close(timeout=5)
+
+    second = new_worker(env, moderator, store)
+    try:
+        run_worker_until(second, all_committed(env.settings, produced))
+    finally:
+        second.consumer.close(autocommit=False)
+        second.producer.close(timeout=5)
+        moderator.close()
+
+    assert store.count() == len(expected)  # the redelivered batch added no second row
+    review = env.read(env.settings.kafka.review_topic)
+    ids = Counter(header(r.headers, "event_id") for r in review)
+    flagged = {v.event_id for v in store.flagged(limit=1000)}
+    assert set(ids) == flagged  # every flagged event reached the review topic
+    # Repeats are exactly those the crashed attempt had already published; each carries its event id.
+    first_attempt = {event_id_of(r.value) for r in records}
+    for event_id, count in ids.items():
+        assert count == (2 if event_id in first_attempt else 1), event_id
+    assert committed_total(env.settings) == produced
