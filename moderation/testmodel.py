@@ -16,7 +16,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from moderation.scorer import pooled_embeddings, quiet_progress_bars
 
 # Bump whenever the architecture, data or training changes: it names the cache directory, so an old
 # build is never mistaken for a new one.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 MARKER_FILE = "moderation-test-model.json"  # written last: its presence means the build is complete
 
 _RGB: dict[str, tuple[int, int, int]] = {  # far enough apart to survive the noise and jitter below
@@ -221,6 +222,18 @@ def _train(model: torch.nn.Module, directory: Path, progress: Callable[[str], No
     model.eval()
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    # The same bits whatever the core count, and no OpenMP spinning on a busy machine (with 2 threads a
+    # build beside other jobs took 5x longer); a model this small gains nothing from more threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class ModelVerificationError(RuntimeError):
     """The freshly trained test model does not separate the colours; it is not written to the cache."""
 
@@ -255,7 +268,7 @@ def build_test_model(
         _write_tokenizer_files(work)
         _write_preprocessor_config(work)
         model = _new_model(_vocabulary())
-        with quiet_progress_bars():
+        with _one_thread(), quiet_progress_bars():
             _train(model, work, say)
             model.save_pretrained(work)  # config.json + model.safetensors
             accuracy = _zero_shot_accuracy(work)

@@ -1,0 +1,33 @@
+# The few commands people run. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch (it lies on this kind of machine's disk). GPU hosts: install a CUDA build of
+# torch into the venv first and run with TORCH= (empty) so this step leaves it alone.
+TORCH ?= torch==2.13.0
+
+.PHONY: help install demo test lint bench clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@if [ -n "$(TORCH)" ]; then echo "installing $(TORCH)"; $(PY) -m pip install --quiet "$(TORCH)"; fi
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv and install the package with its test tools
+
+demo: install ## run the offline demo: embedded broker, SQLite, sample images -> verdicts and review messages
+	$(VENV)/bin/moderation demo
+
+test: install ## run the whole test suite (real broker, SQLite and PostgreSQL on 127.0.0.1:5432)
+	$(PY) -m pytest -q
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check .
+
+clean: ## remove the venv and local data
+	rm -rf $(VENV) data build *.egg-info

@@ -1,0 +1,35 @@
+"""The README is the contract users read: it must match the code's settings and CI's command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from moderation.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+
+
+def _variables(model: type[BaseModel], prefix: str) -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names += _variables(annotation, f"{prefix}{name.upper()}__")
+        else:
+            names.append(f"{prefix}{name.upper()}")
+    return names
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    variables = _variables(Settings, "MODERATION_")
+    assert len(variables) > 20
+    missing = [v for v in variables if f"`{v}`" not in README]
+    assert not missing
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert "make test   #" in README.split("## How it works")[0]
+    assert "make test" in (REPO / ".ci" / "run").read_text()
