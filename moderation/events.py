@@ -15,7 +15,15 @@ from functools import cached_property
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from moderation.exceptions import EventError
 
@@ -37,7 +45,7 @@ class ImageEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    schema_version: int
+    schema_version: StrictInt  # strict: true, "1" or 1.0 are contract errors, not version 1
     event_id: Identifier
     content_id: Identifier
     source: Identifier
@@ -55,6 +63,9 @@ class ImageEvent(BaseModel):
             scheme = urlsplit(self.image_url).scheme.lower()
             if scheme not in URL_SCHEMES:
                 raise ValueError(f"image_url scheme {scheme!r} is not one of {', '.join(URL_SCHEMES)}")
+            host = urlsplit(self.image_url).hostname
+            if scheme == "file" and host not in (None, "", "localhost"):
+                raise ValueError(f"file:// URLs name a local path; host {host!r} is not allowed")
         else:
             _ = self.inline_bytes  # decode now, so malformed base64 is a contract error, not an image error
         return self
@@ -64,7 +75,8 @@ class ImageEvent(BaseModel):
         if self.image_base64 is None:
             return None
         try:
-            return base64.b64decode(self.image_base64, validate=True)
+            # Whitespace is dropped first: MIME-style base64 wraps lines (the `base64` tool does by default).
+            return base64.b64decode("".join(self.image_base64.split()), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ValueError(f"image_base64 is not valid base64: {exc}") from exc
 

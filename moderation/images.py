@@ -100,7 +100,7 @@ def _read_http(url: str, limits: ImageSettings) -> bytes:
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > limits.max_bytes:
                 raise ImageLoadError(REASON_TOO_LARGE, f"Content-Length {length} is over {limits.max_bytes}")
-            return _read_capped(response, limits.max_bytes)
+            return _read_capped(response, limits.max_bytes, deadline=time.monotonic() + limits.fetch_timeout_s)
     except urllib.error.HTTPError as exc:
         reason = REASON_NOT_FOUND if exc.code in (404, 410) else REASON_FETCH_FAILED
         raise ImageLoadError(reason, f"HTTP {exc.code} from {url}") from exc
@@ -108,12 +108,21 @@ def _read_http(url: str, limits: ImageSettings) -> bytes:
         raise ImageLoadError(REASON_FETCH_FAILED, f"{url}: {getattr(exc, 'reason', exc)}") from exc
 
 
-def _read_capped(handle, max_bytes: int) -> bytes:  # noqa: ANN001 - any binary file-like object
-    """Read at most max_bytes + 1 so an endless body cannot exhaust memory."""
+def _read_capped(handle, max_bytes: int, deadline: float | None = None) -> bytes:  # noqa: ANN001 - binary file-like
+    """Read at most max_bytes + 1 so an endless body cannot exhaust memory, and stop at `deadline`.
+
+    The socket timeout bounds each read; the deadline bounds the whole body, so a server trickling a
+    byte at a time cannot hold a loader thread for longer than the fetch timeout (plus one read).
+    """
+    # read1() returns what has arrived instead of waiting for a full chunk, so the deadline is checked
+    # between network reads even when a server trickles bytes.
+    read = getattr(handle, "read1", handle.read)
     chunks: list[bytes] = []
     total = 0
     while total <= max_bytes:
-        chunk = handle.read(min(_READ_CHUNK, max_bytes + 1 - total))
+        if deadline is not None and time.monotonic() > deadline:
+            raise ImageLoadError(REASON_FETCH_FAILED, f"body not received within the fetch timeout ({total} bytes)")
+        chunk = read(min(_READ_CHUNK, max_bytes + 1 - total))
         if not chunk:
             break
         chunks.append(chunk)
@@ -125,6 +134,10 @@ def _read_capped(handle, max_bytes: int) -> bytes:  # noqa: ANN001 - any binary 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode to RGB with the pixel count checked from the header, before any pixel is decoded."""
+    # Pillow's own bomb check (in Image.open, ~89 Mpx by default) must not be stricter than the setting,
+    # or `max_pixels` could never be raised above it. It is only ever raised, never lowered.
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         # Pillow only warns below twice its own limit; a decompression bomb must be an error here.
         warnings.simplefilter("error", Image.DecompressionBombWarning)

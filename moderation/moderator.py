@@ -77,10 +77,13 @@ class Moderator:
         for i, event in enumerate(events):
             item = loaded[i]
             outcome = scored.get(i, item)
-            if isinstance(outcome, _Failure):
-                verdicts.append(self._error_verdict(event, policy, outcome, item))
-            else:
-                verdicts.append(self._verdict(event, policy, item, outcome, score_ms))  # type: ignore[arg-type]
+            if not isinstance(outcome, _Failure):
+                try:
+                    verdicts.append(self._verdict(event, policy, item, outcome, score_ms))  # type: ignore[arg-type]
+                    continue
+                except ValueError as exc:  # scores that do not fit the policy: this event's error, not the batch's
+                    outcome = _Failure(REASON_SCORE_FAILED, str(exc))
+            verdicts.append(self._error_verdict(event, policy, outcome, item))
         return verdicts
 
     def _load(self, event: ImageEvent) -> LoadedImage | _Failure:

@@ -18,12 +18,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
 from moderation.exceptions import ConfigurationError, ModelNotFoundError
 from moderation.policy import LoadedPolicy
+
+if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds, and only loading a model needs it
+    from transformers import CLIPModel
 
 _POLICY_CACHE_SIZE = 8  # policies in use at once: the current one plus a few during a rollout
 _TEXT_CHUNK = 256  # prompts per text-tower forward, to bound memory on policies with many prompts
@@ -120,7 +124,7 @@ def _resolve_local(name_or_path: str) -> str:
     return str(directory)
 
 
-def _load_parts(name_or_path: str) -> tuple[torch.nn.Module, object, object]:
+def _load_parts(name_or_path: str) -> tuple[CLIPModel, Any, Any]:
     """Model, tokenizer and image processor, from disk only; ModelNotFoundError when they are not there."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
@@ -140,9 +144,7 @@ def _load_parts(name_or_path: str) -> tuple[torch.nn.Module, object, object]:
 class ClipScorer:
     """A CLIP model ready to score batches of PIL images against policies. Thread-safe for inference."""
 
-    def __init__(
-        self, model: torch.nn.Module, tokenizer: object, processor: object, model_id: str, device: torch.device
-    ) -> None:
+    def __init__(self, model: CLIPModel, tokenizer: Any, processor: Any, model_id: str, device: torch.device) -> None:
         self.model_id = model_id
         self.device = device
         # fp16 halves memory and doubles throughput on GPUs; CPUs (no fast fp16/bf16 here) stay in fp32.
@@ -160,7 +162,11 @@ class ClipScorer:
 
     @classmethod
     def load(cls, name_or_path: str, device: str = "auto") -> ClipScorer:
-        """Load a local checkpoint directory or a hub id already in the local HF cache; never downloads."""
+        """Load a local checkpoint directory or a hub id already in the local HF cache; never downloads.
+
+        `device` is "auto" (CUDA when available, else CPU), "cpu" or "cuda[:N]". Raises
+        `ModelNotFoundError` when the checkpoint is not on disk, `ConfigurationError` for a bad device.
+        """
         torch_device = _resolve_device(device)
         model, tokenizer, processor = _load_parts(name_or_path)
         return cls(model, tokenizer, processor, name_or_path, torch_device)
@@ -244,7 +250,7 @@ class ClipScorer:
         ]
 
 
-def pooled_embeddings(output: object) -> torch.Tensor:
+def pooled_embeddings(output: Any) -> torch.Tensor:
     """The projected embeddings from `get_text_features` / `get_image_features`, on any transformers.
 
     transformers 5 returns an output object with the projected embeddings in `.pooler_output`;

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _MASK = "**********"
+_SECRET_QUERY_KEYS = {"password", "sslpassword", "passwd", "pwd"}
 
 
 class _Group(BaseModel):
@@ -130,12 +131,19 @@ class Settings(BaseSettings):
 
 
 def mask_url(url: str) -> str:
-    """Hide the password in a URL such as ``postgresql://user:secret@host/db``."""
+    """Hide the password in a URL such as ``postgresql://user:secret@host/db`` (also ``?password=``)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:{_MASK}@{host}" if parts.username else f":{_MASK}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        # Rebuilt from the raw netloc, not from .hostname, so an IPv6 host keeps its brackets.
+        netloc = f"{userinfo.split(':', 1)[0]}:{_MASK}@{hostport}"
+    query = "&".join(
+        f"{key}={_MASK}" if key.lower() in _SECRET_QUERY_KEYS else pair
+        for pair in parts.query.split("&")
+        if pair
+        for key in [pair.split("=", 1)[0]]
+    )
+    # Replace in place rather than urlunsplit(), which would turn "sqlite:///x.db" into "sqlite:/x.db".
+    masked = url.replace(parts.netloc, netloc, 1) if netloc != parts.netloc else url
+    return masked.replace(f"?{parts.query}", f"?{query}", 1) if query != parts.query else masked

@@ -26,7 +26,15 @@ from moderation.moderator import Moderator
 from moderation.settings import Settings
 from moderation.storage import VerdictStore
 
-__all__ = ["PipelineEnv", "broker", "committed_total", "pipeline_env", "run_worker_until", "all_committed", "new_worker"]
+__all__ = [
+    "PipelineEnv",
+    "all_committed",
+    "broker",
+    "committed_total",
+    "new_worker",
+    "pipeline_env",
+    "run_worker_until",
+]
 
 POLICY = Path(__file__).resolve().parent.parent / "policies" / "test-model.yaml"
 

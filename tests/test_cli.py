@@ -55,7 +55,9 @@ def test_policy_check_accepts_good_files_and_names_file_field_problem(tmp_path: 
     assert good.returncode == 0, good.stderr
     assert "version=test-model-1" in good.stdout
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: '2'\ncategories:\n  safe: {prompts: [a]}\n  nsfw: {prompts: [b], threshold: 2, action: block}\n")
+    bad.write_text(
+        "version: '2'\ncategories:\n  safe: {prompts: [a]}\n  nsfw: {prompts: [b], threshold: 2, action: block}\n"
+    )
     result = moderation("policy", "check", str(bad))
     assert result.returncode == 1
     assert f"{bad}: categories.nsfw.threshold: Input should be less than or equal to 1" in result.stderr

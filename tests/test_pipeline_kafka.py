@@ -48,7 +48,8 @@ def corpus(directory: Path, per_colour: int = 3) -> tuple[list[dict[str, Any] | 
     expected.update({"truncated": "error:decode_failed", "text": "error:not_an_image", "missing": "error:not_found"})
     events.append(b"{not json")
     events.append(json.dumps({"schema_version": 1, "event_id": "no-fields"}).encode())
-    events.append(json.dumps({**image_event(content_id="v9", source="t", image_url="file:///x"), "schema_version": 9}).encode())
+    future_version = {**image_event(content_id="v9", source="t", image_url="file:///x"), "schema_version": 9}
+    events.append(json.dumps(future_version).encode())
     return events, expected
 
 

@@ -412,3 +412,14 @@ def test_policy_hash_matches_a_fresh_model() -> None:
     loaded = parse_policy(VALID)
     rebuilt = Policy.model_validate(loaded.policy.model_dump())
     assert policy_hash(rebuilt) == loaded.sha256
+
+
+def test_duplicate_keys_are_refused_with_their_line() -> None:
+    text = (
+        "version: '1'\ncategories:\n  safe: {prompts: [a]}\n"
+        "  nsfw: {prompts: [b], threshold: 0.5, action: block}\n"
+        "  nsfw: {prompts: [c], threshold: 0.9, action: review}\n"
+    )
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "dup.yaml")
+    assert "dup.yaml: line 5, column 3: not valid YAML: duplicate key 'nsfw'" in str(info.value)

@@ -96,9 +96,9 @@ def test_policy_embeddings_are_normalised_means_and_cached(scorer: ClipScorer, t
     embeddings = scorer.policy_embeddings(test_policy)
     assert embeddings.shape == (3, 64)
     assert scorer.policy_embeddings(test_policy) is embeddings
-    # `safe` is the normalised mean of its two prompts' normalised embeddings.
+    # `safe` is the normalised mean of its prompts' normalised embeddings.
     with torch.inference_mode():
-        output = scorer.model.get_text_features(**scorer.tokenize(["a blue picture", "a green picture"]))
+        output = scorer.model.get_text_features(**scorer.tokenize(test_policy.policy.categories["safe"].prompts))
     prompts = pooled_embeddings(output)
     mean = torch.nn.functional.normalize(prompts, dim=-1).mean(dim=0)
     assert torch.allclose(embeddings[0], mean / mean.norm(), atol=1e-5)

@@ -1,0 +1,329 @@
+"""moderation/moderator.py with a fake scorer: one verdict per event, in order, failures isolated."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from consumers.producer import image_event
+from moderation.events import ImageEvent
+from moderation.images import REASON_NOT_AN_IMAGE, REASON_NOT_FOUND
+from moderation.moderator import REASON_SCORE_FAILED, Moderator
+from moderation.policy import LoadedPolicy, parse_policy
+from moderation.settings import ImageSettings
+from moderation.verdict import Verdict, VerdictStatus
+
+POLICY = parse_policy(
+    """\
+version: colours-7
+categories:
+  safe: {prompts: [a blue picture, a green picture]}
+  red: {prompts: [a red picture], threshold: 0.5, action: review}
+  yellow: {prompts: [a yellow picture], threshold: 0.5, action: block}
+""",
+    "colours.yaml",
+)
+
+COLOURS = {
+    "red": (255, 0, 0),
+    "yellow": (255, 255, 0),
+    "blue": (0, 0, 255),
+    "green": (0, 255, 0),
+    "magenta": (255, 0, 255),  # the fake scorer chokes on this one
+}
+PROBABILITIES = {
+    "red": {"safe": 0.1, "red": 0.8, "yellow": 0.1},
+    "yellow": {"safe": 0.05, "red": 0.25, "yellow": 0.7},
+    "blue": {"safe": 0.9, "red": 0.05, "yellow": 0.05},
+    "green": {"safe": 0.6, "red": 0.3, "yellow": 0.1},
+}
+
+
+@dataclass(frozen=True)
+class FakeScore:
+    probabilities: dict[str, float]
+    best_prompt: str
+
+
+class FakeScorer:
+    """Reads each picture's colour from its corner pixel; raises on the whole call if any is magenta."""
+
+    model_id = "fake/colour-scorer-1"
+
+    def __init__(self, short_by_one: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.short_by_one = short_by_one
+
+    def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> list[FakeScore]:
+        assert policy is POLICY
+        colours = [self._colour(image) for image in images]
+        self.calls.append(colours)
+        if "magenta" in colours:
+            raise RuntimeError("magenta breaks the model")
+        scores = [FakeScore(dict(PROBABILITIES[c]), f"a {c} picture") for c in colours]
+        if self.short_by_one and len(scores) > 1:
+            return scores[:-1]
+        return scores
+
+    @staticmethod
+    def _colour(image: Image.Image) -> str:
+        assert image.mode == "RGB"
+        pixel = image.getpixel((0, 0))
+        return next(name for name, rgb in COLOURS.items() if rgb == pixel)
+
+
+def png(colour: str) -> bytes:
+    buffer = BytesIO()
+    Image.new("RGB", (16, 16), COLOURS[colour]).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def inline(colour: str, event_id: str) -> ImageEvent:
+    return ImageEvent.model_validate(
+        image_event(content_id=f"content-{event_id}", source="test", image_bytes=png(colour), event_id=event_id)
+    )
+
+
+def bad_bytes(event_id: str) -> ImageEvent:
+    return ImageEvent.model_validate(
+        image_event(content_id=f"content-{event_id}", source="test", image_bytes=b"not an image", event_id=event_id)
+    )
+
+
+@pytest.fixture
+def scorer() -> FakeScorer:
+    return FakeScorer()
+
+
+@pytest.fixture
+def moderator(scorer: FakeScorer) -> Iterator[Moderator]:
+    moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=3)
+    try:
+        yield moderator
+    finally:
+        moderator.close()
+
+
+def by_id(verdicts: list[Verdict]) -> dict[str, Verdict]:
+    return {v.event_id: v for v in verdicts}
+
+
+# --- order and decisions ----------------------------------------------------------------------------
+
+
+def test_verdicts_come_back_in_event_order(moderator: Moderator, tmp_path: Path) -> None:
+    events = [
+        inline("red", "e0"),
+        bad_bytes("e1"),
+        inline("blue", "e2"),
+        ImageEvent.model_validate(
+            image_event(content_id="c3", source="t", image_url=(tmp_path / "x.png").as_uri(), event_id="e3")
+        ),
+        inline("yellow", "e4"),
+        inline("green", "e5"),
+    ]
+    verdicts = moderator.moderate(events)
+    assert [v.event_id for v in verdicts] == ["e0", "e1", "e2", "e3", "e4", "e5"]
+    assert [v.content_id for v in verdicts] == [e.content_id for e in events]
+    assert [v.top_category for v in verdicts] == ["red", None, "safe", None, "yellow", "safe"]
+
+
+def test_decisions_follow_the_policy(moderator: Moderator) -> None:
+    red, yellow, blue, green = moderator.moderate(
+        [inline("red", "r"), inline("yellow", "y"), inline("blue", "b"), inline("green", "g")]
+    )
+    assert (red.status, red.flagged, red.top_category, red.action) == (VerdictStatus.OK, True, "red", "review")
+    assert (yellow.flagged, yellow.top_category, yellow.action) == (True, "yellow", "block")
+    assert (blue.flagged, blue.top_category, blue.action) == (False, "safe", "allow")
+    assert (green.flagged, green.top_category, green.action) == (False, "safe", "allow")
+    assert red.scores == PROBABILITIES["red"]
+    assert red.best_prompt == "a red picture"
+    assert red.error_reason is None and red.error_detail is None
+
+
+def test_loadable_images_are_scored_in_one_batch(moderator: Moderator, scorer: FakeScorer) -> None:
+    moderator.moderate([inline("red", "a"), bad_bytes("b"), inline("blue", "c")])
+    assert scorer.calls == [["red", "blue"]]
+
+
+def test_empty_batch(moderator: Moderator, scorer: FakeScorer) -> None:
+    assert moderator.moderate([]) == []
+    assert scorer.calls == []
+
+
+# --- load failures ----------------------------------------------------------------------------------
+
+
+def test_unloadable_images_become_error_verdicts(moderator: Moderator, tmp_path: Path) -> None:
+    missing = ImageEvent.model_validate(
+        image_event(content_id="cm", source="t", image_url=(tmp_path / "gone.png").as_uri(), event_id="missing")
+    )
+    verdicts = by_id(moderator.moderate([inline("red", "ok"), bad_bytes("junk"), missing]))
+    ok, junk, gone = verdicts["ok"], verdicts["junk"], verdicts["missing"]
+    assert ok.status is VerdictStatus.OK and ok.flagged
+    for verdict, reason in ((junk, REASON_NOT_AN_IMAGE), (gone, REASON_NOT_FOUND)):
+        assert verdict.status is VerdictStatus.ERROR
+        assert verdict.error_reason == reason
+        assert verdict.error_detail
+        assert verdict.flagged is False
+        assert verdict.top_category is None
+        assert verdict.action is None
+        assert verdict.scores == {}
+        assert verdict.best_prompt is None
+        assert verdict.image_sha256 is None  # nothing was loaded
+        assert verdict.load_ms is None
+        assert verdict.score_ms is None
+    assert "gone.png" in gone.error_detail
+
+
+def test_when_nothing_loads_the_scorer_is_not_called(moderator: Moderator, scorer: FakeScorer) -> None:
+    verdicts = moderator.moderate([bad_bytes("a"), bad_bytes("b")])
+    assert [v.status for v in verdicts] == [VerdictStatus.ERROR, VerdictStatus.ERROR]
+    assert scorer.calls == []
+
+
+# --- score failures ---------------------------------------------------------------------------------
+
+
+def test_a_batch_the_scorer_rejects_is_scored_image_by_image(moderator: Moderator, scorer: FakeScorer) -> None:
+    events = [inline("red", "a"), inline("magenta", "poison"), bad_bytes("junk"), inline("blue", "c")]
+    verdicts = moderator.moderate(events)
+    assert [v.event_id for v in verdicts] == ["a", "poison", "junk", "c"]
+    assert scorer.calls == [["red", "magenta", "blue"], ["red"], ["magenta"], ["blue"]]
+
+    red, poison, junk, blue = verdicts
+    assert (red.status, red.action, red.top_category) == (VerdictStatus.OK, "review", "red")
+    assert (blue.status, blue.action) == (VerdictStatus.OK, "allow")
+    assert junk.error_reason == REASON_NOT_AN_IMAGE
+
+    assert poison.status is VerdictStatus.ERROR
+    assert poison.error_reason == REASON_SCORE_FAILED == "score_failed"
+    assert poison.error_detail == "RuntimeError: magenta breaks the model"
+    assert poison.scores == {} and poison.action is None and poison.flagged is False
+    # The image did load: its identity and load time are kept on the error verdict.
+    assert poison.image_sha256 == hashlib.sha256(png("magenta")).hexdigest()
+    assert poison.load_ms is not None and poison.load_ms >= 0
+
+
+def test_a_scorer_returning_too_few_scores_falls_back_to_one_by_one() -> None:
+    scorer = FakeScorer(short_by_one=True)
+    moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=2)
+    try:
+        verdicts = moderator.moderate([inline("red", "a"), inline("blue", "b")])
+    finally:
+        moderator.close()
+    assert [v.status for v in verdicts] == [VerdictStatus.OK, VerdictStatus.OK]
+    assert [v.top_category for v in verdicts] == ["red", "safe"]
+    assert scorer.calls == [["red", "blue"], ["red"], ["blue"]]
+
+
+def test_error_detail_is_capped() -> None:
+    class Verbose(FakeScorer):
+        def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> list[FakeScore]:
+            raise ValueError("v" * 5000)
+
+    moderator = Moderator(Verbose(), POLICY, ImageSettings(), loader_threads=1)
+    try:
+        [verdict] = moderator.moderate([inline("red", "a")])
+    finally:
+        moderator.close()
+    assert verdict.error_reason == REASON_SCORE_FAILED
+    assert len(verdict.error_detail) == 1000
+    assert verdict.error_detail.startswith("ValueError: vvv")
+
+
+# --- what every verdict carries ---------------------------------------------------------------------
+
+
+def test_verdicts_carry_policy_model_and_image_identity(moderator: Moderator) -> None:
+    events = [inline("red", "ok"), bad_bytes("bad"), inline("magenta", "poison")]
+    verdicts = moderator.moderate(events)
+    for event, verdict in zip(events, verdicts, strict=True):
+        assert verdict.policy_version == "colours-7"
+        assert verdict.policy_hash == POLICY.sha256
+        assert verdict.model_id == "fake/colour-scorer-1"
+        assert verdict.image_ref == event.image_ref
+        assert verdict.image_ref.startswith("inline:sha256:")
+        assert verdict.source == "test"
+        assert verdict.uploaded_at == event.uploaded_at
+    ok = verdicts[0]
+    assert ok.image_sha256 == hashlib.sha256(png("red")).hexdigest()
+    assert ok.image_ref == f"inline:sha256:{ok.image_sha256}"
+    assert ok.load_ms is not None and ok.load_ms >= 0
+    assert ok.score_ms is not None and ok.score_ms >= 0
+
+
+def test_url_events_keep_their_url_as_image_ref(moderator: Moderator, tmp_path: Path) -> None:
+    path = tmp_path / "red.png"
+    path.write_bytes(png("red"))
+    event = ImageEvent.model_validate(image_event(content_id="c", source="t", image_url=path.as_uri()))
+    [verdict] = moderator.moderate([event])
+    assert verdict.status is VerdictStatus.OK
+    assert verdict.image_ref == path.as_uri()
+    assert verdict.image_sha256 == hashlib.sha256(png("red")).hexdigest()
+
+
+def test_scores_are_rounded_to_six_places() -> None:
+    class Precise(FakeScorer):
+        def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> list[FakeScore]:
+            return [FakeScore({"safe": 0.123456789, "red": 0.87654321, "yellow": 1e-9}, "p") for _ in images]
+
+    moderator = Moderator(Precise(), POLICY, ImageSettings(), loader_threads=1)
+    try:
+        [verdict] = moderator.moderate([inline("red", "a")])
+    finally:
+        moderator.close()
+    assert verdict.scores == {"safe": 0.123457, "red": 0.876543, "yellow": 0.0}
+    assert verdict.action == "review"
+
+
+def test_a_new_policy_applies_to_the_next_batch(moderator: Moderator) -> None:
+    stricter = parse_policy(
+        "version: colours-8\ncategories:\n  safe: {prompts: [a blue picture]}\n"
+        "  red: {prompts: [a red picture], threshold: 0.9, action: escalate}\n"
+        "  yellow: {prompts: [a yellow picture], threshold: 0.5, action: block}\n"
+    )
+
+    class AnyPolicy(FakeScorer):
+        def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> list[FakeScore]:
+            return [FakeScore(dict(PROBABILITIES[self._colour(i)]), "p") for i in images]
+
+    moderator.scorer = AnyPolicy()
+    moderator.policy = stricter
+    [verdict] = moderator.moderate([inline("red", "a")])
+    assert verdict.policy_version == "colours-8"
+    assert verdict.policy_hash == stricter.sha256 != POLICY.sha256
+    assert verdict.flagged is False  # 0.8 is under the new 0.9 threshold
+    assert verdict.action == "allow"
+
+
+class MissingCategoryScorer(FakeScorer):
+    """Returns probabilities without the `yellow` category for red pictures: scores that do not fit."""
+
+    def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> list[FakeScore]:
+        scores = super().score(images, policy)
+        return [
+            FakeScore({k: v for k, v in s.probabilities.items() if k != "yellow"}, s.best_prompt)
+            if s.best_prompt == "a red picture"
+            else s
+            for s in scores
+        ]
+
+
+def test_scores_that_do_not_fit_the_policy_fail_only_their_own_event() -> None:
+    moderator = Moderator(MissingCategoryScorer(), POLICY, ImageSettings(), loader_threads=2)
+    try:
+        verdicts = by_id(moderator.moderate([inline("red", "r"), inline("blue", "b")]))
+    finally:
+        moderator.close()
+    assert verdicts["r"].status is VerdictStatus.ERROR
+    assert verdicts["r"].error_reason == REASON_SCORE_FAILED
+    assert "yellow" in (verdicts["r"].error_detail or "")
+    assert verdicts["b"].status is VerdictStatus.OK
+    assert verdicts["b"].action == "allow"
