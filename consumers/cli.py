@@ -82,7 +82,7 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.demo import run_demo
 
-    return run_demo(settings, model=args.model, policy=args.policy, keep_running=False)
+    return run_demo(settings, model=args.model, policy=args.policy)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,7 +80,7 @@ def _write_samples(directory: Path) -> list[dict[str, Any] | bytes]:
     return events
 
 
-def run_demo(settings: Settings, *, model: str | None, policy: Path | None, keep_running: bool = False) -> int:
+def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> int:
     using_test_model = model is None
     if using_test_model:
         from moderation.testmodel import build_test_model

@@ -155,7 +155,8 @@ class Worker:
         """The delivery guarantee, in four steps; each starts only when the one before succeeded."""
         # Step 1: write every verdict in one database transaction (idempotent on event_id). What comes
         # back is what is stored: for a redelivered event, the row written the first time.
-        stored = self.store.save_batch(verdicts)
+        # Repeats of one event id inside the batch come back as the same stored verdict: act on it once.
+        stored = list({v.event_id: v for v in self.store.save_batch(verdicts)}.values())
         result.verdicts = len(stored)
         result.flagged = sum(v.flagged for v in stored)
         result.errors = sum(v.status is VerdictStatus.ERROR for v in stored)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from consumers.producer import file_event
+from moderation.events import parse_event
 from moderation.storage import VerdictStore, create_engine_for
 from moderation.testmodel import make_colour_image
 from tests.fixtures_kafka import POLICY, PipelineEnv, committed_total
@@ -144,6 +145,26 @@ def test_run_processes_events_and_exits_0_on_sigterm(
     assert {v.content_id for v in store.flagged()} == {"0-red.jpg", "2-yellow.jpg", "4-red.jpg"}
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert any(line.get("event") == "worker stopping" for line in lines)  # JSON logs, clean shutdown
+
+
+@pytest.mark.kafka
+def test_produce_sends_one_contract_event_per_file(pipeline_env: Any, sqlite_url: str, tmp_path: Path) -> None:
+    env: PipelineEnv = pipeline_env(sqlite_url)
+    paths = [tmp_path / "a.png", tmp_path / "b.jpg"]
+    make_colour_image("red", (64, 48)).save(paths[0], "PNG")
+    make_colour_image("blue", (64, 48)).save(paths[1], "JPEG")
+    kafka = env.settings.kafka
+    variables = {
+        "MODERATION_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "MODERATION_KAFKA__INPUT_TOPIC": kafka.input_topic,
+    }
+    result = moderation("produce", *map(str, paths), "--inline", "--source", "trial", env=variables)
+    assert result.returncode == 0, result.stderr
+    assert f"produced 2 events to {kafka.input_topic}" in result.stdout
+    events = [parse_event(r.value) for r in env.read(kafka.input_topic)]
+    assert sorted(e.content_id for e in events) == ["a.png", "b.jpg"]
+    assert {e.source for e in events} == {"trial"}
+    assert sorted(e.inline_bytes for e in events) == sorted(p.read_bytes() for p in paths)
 
 
 def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path, test_model_dir: Path) -> None:

@@ -169,3 +169,29 @@ def test_crash_before_offset_commit_redelivers_without_duplicate_rows(
     for event_id, count in ids.items():
         assert count == (2 if event_id in first_attempt else 1), event_id
     assert committed_total(env.settings) == produced
+
+
+def test_a_repeated_event_gets_one_row_and_one_review_message(
+    pipeline_env: Any, sqlite_url: str, scorer: Any, tmp_path: Path
+) -> None:
+    # An upload service that retries its send produces the same event twice; same key, same partition.
+    env: PipelineEnv = pipeline_env(sqlite_url, max_size=16, max_wait_ms=1000)
+    path = tmp_path / "red.png"
+    make_colour_image("red", (120, 90), seed=3).save(path, "PNG")
+    event = file_event(path, source="retrying-uploader", content_id="red-once")
+    blue = tmp_path / "blue.png"
+    make_colour_image("blue", (120, 90), seed=4).save(blue, "PNG")
+    produced = env.produce([event, event, file_event(blue, source="t", content_id="blue-once")])
+    upgrade(sqlite_url)
+    store = VerdictStore(create_engine_for(sqlite_url))
+    moderator = Moderator(scorer, load_policy(POLICY), env.settings.images)
+    worker = new_worker(env, moderator, store)
+    try:
+        run_worker_until(worker, all_committed(env.settings, produced))
+    finally:
+        worker.consumer.close(autocommit=False)
+        worker.producer.close(timeout=5)
+        moderator.close()
+    assert store.count() == 2
+    review = env.read(env.settings.kafka.review_topic)
+    assert [header(r.headers, "event_id") for r in review] == [event["event_id"]]
