@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from consumers.messages import header
 from consumers.producer import file_event
 from moderation.events import parse_event
 from moderation.storage import VerdictStore, create_engine_for
@@ -99,52 +101,111 @@ def test_missing_model_gives_a_clear_message(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.kafka
-def test_run_processes_events_and_exits_0_on_sigterm(
-    pipeline_env: Any, sqlite_url: str, test_model_dir: Path, tmp_path: Path
-) -> None:
-    env: PipelineEnv = pipeline_env(sqlite_url)
-    paths = []
-    for i, colour in enumerate(["red", "blue", "yellow", "green", "red"]):
-        path = tmp_path / f"{i}-{colour}.jpg"
-        make_colour_image(colour, (200, 150), seed=i).save(path, "JPEG")
-        paths.append(path)
-    produced = env.produce([file_event(p, source="cli-test") for p in paths])
+def worker_variables(env: PipelineEnv, database_url: str, test_model_dir: Path) -> dict[str, str]:
+    """The environment a `moderation run` process needs to join this test's topics and group."""
     kafka = env.settings.kafka
-    variables = {
-        "MODERATION_DATABASE__URL": sqlite_url,
+    return {
+        "MODERATION_DATABASE__URL": database_url,
         "MODERATION_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "MODERATION_KAFKA__INPUT_TOPIC": kafka.input_topic,
         "MODERATION_KAFKA__REVIEW_TOPIC": kafka.review_topic,
         "MODERATION_KAFKA__DEAD_LETTER_TOPIC": kafka.dead_letter_topic,
         "MODERATION_KAFKA__CONSUMER_GROUP": kafka.consumer_group,
         "MODERATION_KAFKA__SESSION_TIMEOUT_MS": "2000",
+        "MODERATION_BATCHING__MAX_SIZE": str(env.settings.batching.max_size),
         "MODERATION_MODEL__NAME_OR_PATH": str(test_model_dir),
         "MODERATION_MODEL__DEVICE": "cpu",
         "MODERATION_POLICY__PATH": str(POLICY),
         "MODERATION_LOG__FORMAT": "json",
     }
+
+
+def start_worker(variables: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    with log.open("a") as sink:  # a file, not a pipe: a chatty worker must never block on a full pipe
+        return subprocess.Popen(
+            [sys.executable, "-m", "consumers.cli", "run"], cwd=REPO, env={**os.environ, **variables},
+            stdout=sink, stderr=sink, text=True,
+        )
+
+
+def colour_files(directory: Path, colours: list[str]) -> list[Path]:
+    paths = []
+    for i, colour in enumerate(colours):
+        path = directory / f"{i}-{colour}.jpg"
+        make_colour_image(colour, (200, 150), seed=i).save(path, "JPEG")
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.kafka
+def test_run_processes_events_and_exits_0_on_sigterm(
+    pipeline_env: Any, sqlite_url: str, test_model_dir: Path, tmp_path: Path
+) -> None:
+    env: PipelineEnv = pipeline_env(sqlite_url)
+    paths = colour_files(tmp_path, ["red", "blue", "yellow", "green", "red"])
+    produced = env.produce([file_event(p, source="cli-test") for p in paths])
+    variables = worker_variables(env, sqlite_url, test_model_dir)
     assert moderation("migrate", env=variables).returncode == 0
-    process = subprocess.Popen(
-        [sys.executable, "-m", "consumers.cli", "run"], cwd=REPO, env={**os.environ, **variables},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    log = tmp_path / "worker.log"
+    process = start_worker(variables, log)
     try:
         deadline = time.monotonic() + 90
         while committed_total(env.settings) < produced and time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()[1]
+            assert process.poll() is None, log.read_text()
             time.sleep(0.3)
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
+        process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0, stderr
+    assert process.returncode == 0, log.read_text()
     store = VerdictStore(create_engine_for(sqlite_url))
     assert store.count() == produced
     assert {v.content_id for v in store.flagged()} == {"0-red.jpg", "2-yellow.jpg", "4-red.jpg"}
-    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert any(line.get("event") == "worker stopping" for line in lines)  # JSON logs, clean shutdown
+
+
+@pytest.mark.kafka
+def test_sigkilled_worker_is_replaced_without_duplicate_rows(
+    pipeline_env: Any, sqlite_url: str, test_model_dir: Path, tmp_path: Path
+) -> None:
+    env: PipelineEnv = pipeline_env(sqlite_url, max_size=3)
+    colours = ["red", "blue", "yellow", "green"] * 4
+    produced = env.produce([file_event(p, source="kill-test") for p in colour_files(tmp_path, colours)])
+    variables = worker_variables(env, sqlite_url, test_model_dir)
+    assert moderation("migrate", env=variables).returncode == 0
+    store = VerdictStore(create_engine_for(sqlite_url))
+    log = tmp_path / "worker.log"
+
+    victim = start_worker(variables, log)
+    deadline = time.monotonic() + 60
+    while store.count() == 0 and time.monotonic() < deadline:  # kill as soon as the first batch is written
+        assert victim.poll() is None, log.read_text()
+        time.sleep(0.01)
+    victim.kill()  # SIGKILL: no clean-up, no leave-group, no offset commit for work in flight
+    victim.wait(timeout=10)
+    rows_at_kill = store.count()
+    assert 0 < rows_at_kill < produced
+
+    successor = start_worker(variables, log)
+    try:
+        deadline = time.monotonic() + 120
+        while committed_total(env.settings) < produced and time.monotonic() < deadline:
+            assert successor.poll() is None, log.read_text()
+            time.sleep(0.3)
+        successor.send_signal(signal.SIGTERM)
+        successor.wait(timeout=60)
+    finally:
+        if successor.poll() is None:
+            successor.kill()
+    assert successor.returncode == 0, log.read_text()
+    assert store.count() == produced  # one row per event: nothing lost, nothing twice
+    flagged = {v.event_id for v in store.flagged(limit=100)}
+    assert len(flagged) == 8
+    review_ids = Counter(header(r.headers, "event_id") for r in env.read(env.settings.kafka.review_topic))
+    assert set(review_ids) == flagged  # every flagged event reached the review topic
+    assert sum(review_ids.values()) - len(flagged) <= 3  # repeats: at most the one batch in flight at the kill
 
 
 @pytest.mark.kafka
