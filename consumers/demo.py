@@ -36,17 +36,17 @@ SAMPLES = [
     ("red", 300, 200, "JPEG", True),
 ]
 WAIT_FOR_VERDICTS_S = 300.0
+TEST_MODEL_POLICY = Path(__file__).resolve().parent.parent / "policies" / "test-model.yaml"
 
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _demo_settings(settings: Settings, bootstrap: str, data_dir: Path, policy: Path) -> Settings:
+def _demo_settings(settings: Settings, data_dir: Path, policy: Path) -> Settings:
     updates: dict[str, Any] = {
         "kafka": settings.kafka.model_copy(
             update={
-                "bootstrap_servers": bootstrap,
                 "consumer_group": f"moderation-demo-{int(time.time())}",
                 "session_timeout_ms": 6000,  # the embedded broker's group join takes half of this
             }
@@ -88,17 +88,20 @@ def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> i
         _say("No --model given: using the small TEST model this repo builds offline. It tells colours apart")
         _say("(red -> review, yellow -> block); it is not a content model. Pass --model PATH for a real CLIP.")
         model = str(build_test_model(progress=_say))
-        policy = policy or Path("policies/test-model.yaml")
+        policy = policy or TEST_MODEL_POLICY
     policy = policy or settings.policy.path
 
     data_dir = settings.data_dir / "demo"
     shutil.rmtree(data_dir, ignore_errors=True)
+    # Model and policy first: a wrong --model or policy fails before anything is started.
+    demo = _demo_settings(settings, data_dir, policy)
+    moderator = build_moderator(demo, model=model)
     with EmbeddedBroker() as broker:
         _say(f"embedded broker (Tansu) on {broker.bootstrap_servers}, pid {broker.pid}")
-        demo = _demo_settings(settings, broker.bootstrap_servers, data_dir, policy)
+        kafka = demo.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+        demo = demo.model_copy(update={"kafka": kafka})
         upgrade(demo.database_url)
         _say(f"SQLite database {demo.database_url.removeprefix('sqlite:///')}, model {model}, policy {policy}")
-        kafka = demo.kafka
         ensure_topics(demo, [kafka.input_topic, kafka.review_topic, kafka.dead_letter_topic])
 
         events = _write_samples(data_dir / "images")
@@ -108,7 +111,6 @@ def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> i
         valid = sum(isinstance(e, dict) for e in events)  # the deliberately broken events are raw bytes
         _say(f"produced {sent} events to {kafka.input_topic} ({sent - valid} of them deliberately invalid)")
 
-        moderator = build_moderator(demo, model=model)
         stop = threading.Event()
         worker = threading.Thread(target=run_worker, args=(demo, stop, moderator), name="worker", daemon=True)
         worker.start()

@@ -87,14 +87,23 @@ def _looks_like_path(name: str) -> bool:
 def _not_found(name: str, problem: str) -> ModelNotFoundError:
     from huggingface_hub import constants
 
+    if _looks_like_path(name):
+        fix = (
+            "point MODERATION_MODEL__NAME_OR_PATH (or --model) at a checkpoint directory holding config.json, "
+            "the weights and the tokenizer and preprocessor files, as `save_pretrained` writes them"
+        )
+    else:
+        fix = (
+            f"on a machine with network run `hf download {name}` (older huggingface_hub: "
+            f"`huggingface-cli download {name}`) and copy the cache here or point HF_HOME at it, "
+            f"or pass a local checkpoint directory"
+        )
     return ModelNotFoundError(
         f"CLIP model {name!r} not found: {problem}.\n"
         f"  Models load only from a local directory or the local Hugging Face cache "
         f"({constants.HF_HUB_CACHE}); nothing is downloaded.\n"
-        f"  To fix: on a machine with network run `hf download {name}` (older huggingface_hub: "
-        f"`huggingface-cli download {name}`) and copy the cache here or point HF_HOME at it; "
-        f"or pass a local checkpoint directory; or, for tests and demos, build the small offline "
-        f"test model with `moderation test-model build`."
+        f"  To fix: {fix}; or, for tests and demos, build the small offline test model with "
+        f"`moderation test-model build`."
     )
 
 
