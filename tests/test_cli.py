@@ -128,6 +128,20 @@ def start_worker(variables: dict[str, str], log: Path) -> subprocess.Popen[str]:
         )
 
 
+def drain_and_terminate(process: subprocess.Popen[str], env: PipelineEnv, produced: int, log: Path) -> None:
+    """Wait until the group has committed every produced record, then SIGTERM the worker and reap it."""
+    try:
+        deadline = time.monotonic() + 120
+        while committed_total(env.settings) < produced and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def colour_files(directory: Path, colours: list[str]) -> list[Path]:
     paths = []
     for i, colour in enumerate(colours):
@@ -148,16 +162,7 @@ def test_run_processes_events_and_exits_0_on_sigterm(
     assert moderation("migrate", env=variables).returncode == 0
     log = tmp_path / "worker.log"
     process = start_worker(variables, log)
-    try:
-        deadline = time.monotonic() + 90
-        while committed_total(env.settings) < produced and time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()
-            time.sleep(0.3)
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    drain_and_terminate(process, env, produced, log)
     assert process.returncode == 0, log.read_text()
     store = VerdictStore(create_engine_for(sqlite_url))
     assert store.count() == produced
@@ -189,16 +194,7 @@ def test_sigkilled_worker_is_replaced_without_duplicate_rows(
     assert 0 < rows_at_kill < produced
 
     successor = start_worker(variables, log)
-    try:
-        deadline = time.monotonic() + 120
-        while committed_total(env.settings) < produced and time.monotonic() < deadline:
-            assert successor.poll() is None, log.read_text()
-            time.sleep(0.3)
-        successor.send_signal(signal.SIGTERM)
-        successor.wait(timeout=60)
-    finally:
-        if successor.poll() is None:
-            successor.kill()
+    drain_and_terminate(successor, env, produced, log)
     assert successor.returncode == 0, log.read_text()
     assert store.count() == produced  # one row per event: nothing lost, nothing twice
     flagged = {v.event_id for v in store.flagged(limit=100)}

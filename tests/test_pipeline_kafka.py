@@ -60,13 +60,8 @@ def event_id_of(value: bytes) -> str | None:
         return None
 
 
-@pytest.mark.parametrize("batch_size", [4])
-def test_events_become_verdicts_review_messages_and_dead_letters(
-    pipeline_env: Any, database_url: str, scorer: Any, tmp_path: Path, batch_size: int
-) -> None:
-    env: PipelineEnv = pipeline_env(database_url, max_size=batch_size)
-    events, expected = corpus(tmp_path / "images")
-    produced = env.produce(events)
+def drain(env: PipelineEnv, database_url: str, scorer: Any, produced: int) -> VerdictStore:
+    """Migrate, then run one worker until the group has committed past every produced record."""
     upgrade(database_url)
     store = VerdictStore(create_engine_for(database_url))
     moderator = Moderator(scorer, load_policy(POLICY), env.settings.images)
@@ -77,6 +72,17 @@ def test_events_become_verdicts_review_messages_and_dead_letters(
         worker.consumer.close(autocommit=False)
         worker.producer.close(timeout=5)
         moderator.close()
+    return store
+
+
+@pytest.mark.parametrize("batch_size", [4])
+def test_events_become_verdicts_review_messages_and_dead_letters(
+    pipeline_env: Any, database_url: str, scorer: Any, tmp_path: Path, batch_size: int
+) -> None:
+    env: PipelineEnv = pipeline_env(database_url, max_size=batch_size)
+    events, expected = corpus(tmp_path / "images")
+    produced = env.produce(events)
+    store = drain(env, database_url, scorer, produced)
 
     verdicts = {v.content_id: v for v in store.recent(limit=1000)}
     assert store.count() == len(expected) == len(verdicts)  # exactly one row per valid event
@@ -182,16 +188,7 @@ def test_a_repeated_event_gets_one_row_and_one_review_message(
     blue = tmp_path / "blue.png"
     make_colour_image("blue", (120, 90), seed=4).save(blue, "PNG")
     produced = env.produce([event, event, file_event(blue, source="t", content_id="blue-once")])
-    upgrade(sqlite_url)
-    store = VerdictStore(create_engine_for(sqlite_url))
-    moderator = Moderator(scorer, load_policy(POLICY), env.settings.images)
-    worker = new_worker(env, moderator, store)
-    try:
-        run_worker_until(worker, all_committed(env.settings, produced))
-    finally:
-        worker.consumer.close(autocommit=False)
-        worker.producer.close(timeout=5)
-        moderator.close()
+    store = drain(env, sqlite_url, scorer, produced)
     assert store.count() == 2
     review = env.read(env.settings.kafka.review_topic)
     assert [header(r.headers, "event_id") for r in review] == [event["event_id"]]
