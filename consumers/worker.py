@@ -1,53 +1,63 @@
-"""The worker: one consumer-group member running poll -> decode -> moderate -> persist -> publish -> commit.
+"""The worker: one consumer-group member running a pipeline that keeps the model busy.
 
-Offsets are committed only after the batch's verdicts are committed in the database and every review
-and dead-letter message is acknowledged by the broker (`Worker.finish`). A crash anywhere before the
-offset commit means the batch is delivered again; verdict rows are idempotent on ``event_id`` and
-review messages carry the event id, so a redelivery adds no row and repeats are recognisable.
+    poll (this thread) -> prepare (loader pool: parse, fetch, decode, preprocess each record as it arrives)
+      -> score (scorer thread: one forward pass per batch, decide) -> deliver (delivery thread: persist,
+      publish, flush) -> commit offsets (this thread, batch by batch, in order)
+
+While the model scores batch N, batch N+1 is being loaded and batch N-1 persisted. At most
+`batching.max_batches_in_flight` batches are between poll and commit; beyond that the assigned partitions
+are paused (the consumer keeps polling, so it stays in the group) instead of buffering without bound.
+Offsets are committed only for batches whose verdicts are in the database and whose messages the broker
+acknowledged. Database and broker errors while delivering are retried with backoff; anything else stops
+the worker without committing the unfinished batches, which are then redelivered.
 """
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from consumers.messages import OutgoingMessage, dead_letter_message, review_message
+from consumers.batching import Batch, BatchAssembler
+from consumers.delivery import STEP_COMMITTED, BatchResult, Delivery, StepHook, dead_letter_for
+from consumers.messages import OutgoingMessage
 from moderation.events import ImageEvent, parse_event
-from moderation.exceptions import EventError
+from moderation.exceptions import EventError, ModerationError
 from moderation.moderator import Moderator
 from moderation.settings import Settings
-from moderation.storage import VerdictStore
-from moderation.verdict import Verdict, VerdictStatus
+from moderation.storage import StorageError, VerdictStore
 
 log = structlog.get_logger("moderation.worker")
 
-# The steps of `Worker.finish`, in order; `on_step` hears each one (tests and metrics hook in here).
-STEP_PERSISTED = "persisted"
-STEP_FLUSHED = "flushed"
-STEP_COMMITTED = "committed"
-
-SEND_TIMEOUT_S = 60.0
-_COUNTERS = ("records", "verdicts", "flagged", "errors", "dead_lettered")
-
-ParsedRecord = tuple[ConsumerRecord, ImageEvent]
+IDLE_POLL_S = 0.5  # nothing in flight: wake up this often to notice a stop request
+BUSY_POLL_S = 0.02  # work in flight: come back quickly to commit what finished
+DRAIN_TIMEOUT_S = 120.0  # how long a stop or a rebalance waits for in-flight batches
+_STOP = object()  # queue sentinel
 
 
-@dataclass
-class BatchResult:
-    records: int = 0
-    verdicts: int = 0
-    flagged: int = 0
-    errors: int = 0
-    dead_lettered: int = 0
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+class WorkerCrashed(ModerationError):
+    """A pipeline stage failed in a way retrying cannot fix; unfinished batches were not committed."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One record after the loader pool: a parsed event with its loaded image, or a dead letter."""
+
+    record: ConsumerRecord
+    event: ImageEvent | None
+    loaded: object | None  # what Moderator.load_one returned: an image or a load failure
+    dead_letter: OutgoingMessage | None
 
 
 class Worker:
@@ -59,155 +69,236 @@ class Worker:
         moderator: Moderator,
         store: VerdictStore,
         settings: Settings,
-        on_step: Callable[[str, BatchResult], None] | None = None,
+        on_step: StepHook | None = None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
         self.moderator = moderator
-        self.store = store
         self.settings = settings
-        self.on_step = on_step or (lambda step, result: None)
+        self.on_step: StepHook = on_step or (lambda step, result: None)
+        self.delivery = Delivery(store=store, producer=producer, kafka=settings.kafka, on_step=self.on_step)
+        batching = settings.batching
+        self.assembler = BatchAssembler(batching.max_size, batching.max_wait_ms / 1000.0)
+        self.max_in_flight = batching.max_batches_in_flight
+        threads = batching.loader_threads or 2 * (os.cpu_count() or 1)
+        self._loaders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loader")
+        self._to_score: queue.Queue[object] = queue.Queue()
+        self._to_deliver: queue.Queue[object] = queue.Queue()
+        self._delivered: queue.Queue[tuple[Batch, BatchResult]] = queue.Queue()
+        self._in_flight = 0  # batches dispatched and not yet committed; only this thread changes it
+        self._paused = False
+        self.pauses = 0  # how often back-pressure paused the partitions (for metrics and tests)
+        self._abandon = threading.Event()  # set on a fatal error: stages stop retrying and drop work
+        self._fatal: BaseException | None = None
         self.totals = BatchResult()
-        self._retry_delay_s = 0.5
 
-    # -- the loop -------------------------------------------------------------------------------------
+    # -- the loop (consumer thread) -------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Process batches until `stop` is set; the batch in flight is always finished first."""
-        self.consumer.subscribe([self.settings.kafka.input_topic])
-        log.info("worker started", topic=self.settings.kafka.input_topic, group=self.settings.kafka.consumer_group)
-        while not stop.is_set():
-            records = self.poll_batch(stop)
-            if not records:
-                continue
-            try:
-                result = self.process(records)
-            except Exception as exc:  # noqa: BLE001 - never lose a batch: rewind and retry it
-                self._rewind(records, exc)
-                stop.wait(self._retry_delay_s)
-                self._retry_delay_s = min(self._retry_delay_s * 2, 30.0)
-                continue
-            self._retry_delay_s = 0.5
-            self._add_to_totals(result)
-        log.info("worker stopping", **self._totals_fields())
+        """Consume until `stop` is set; then finish and commit every batch in flight and return."""
+        kafka = self.settings.kafka
+        self.consumer.subscribe([kafka.input_topic], listener=_Rebalance(self))
+        stages = [
+            threading.Thread(target=self._stage, args=(self._to_score, self._score), name="scorer", daemon=True),
+            threading.Thread(target=self._stage, args=(self._to_deliver, self._deliver), name="delivery", daemon=True),
+        ]
+        for stage in stages:
+            stage.start()
+        log.info("worker started", topic=kafka.input_topic, group=kafka.consumer_group)
+        drained = False
+        try:
+            while not stop.is_set() and self._fatal is None:
+                self._step()
+            if self._fatal is None:
+                self._dispatch(self.assembler.close())
+                drained = self._drain(DRAIN_TIMEOUT_S)
+        finally:
+            if not drained:  # crashed, timed out or interrupted: drop unfinished work, commit nothing more
+                self._abandon.set()
+            self._to_score.put(_STOP)
+            for stage in stages:
+                stage.join(timeout=DRAIN_TIMEOUT_S)
+            self._loaders.shutdown(wait=False, cancel_futures=True)
+        if self._fatal is not None:
+            raise WorkerCrashed(f"{type(self._fatal).__name__}: {self._fatal}") from self._fatal
+        log.info("worker stopping", **self.totals.counters())
 
-    def poll_batch(self, stop: threading.Event) -> list[ConsumerRecord]:
-        """Up to `batching.max_size` records; a batch closes `max_wait_ms` after its first record."""
-        max_size = self.settings.batching.max_size
-        max_wait_s = self.settings.batching.max_wait_ms / 1000.0
-        records: list[ConsumerRecord] = []
-        deadline: float | None = None
-        while len(records) < max_size and not stop.is_set():
-            if deadline is None:
-                timeout_ms = 500  # idle: wake up regularly to notice `stop`
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                timeout_ms = max(int(remaining * 1000), 1)
-            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_size - len(records))
-            for batch in polled.values():
-                records.extend(batch)
-            if records and deadline is None:
-                deadline = time.monotonic() + max_wait_s
-            if not records:
-                return records  # return to the loop between idle polls
-        return records
+    def _step(self) -> None:
+        self._commit_delivered()
+        self._apply_back_pressure()
+        if self._in_flight or self.assembler.open_batch:
+            due_in = self.assembler.seconds_until_due()
+            timeout_s = BUSY_POLL_S if due_in is None else min(BUSY_POLL_S, due_in)
+        else:
+            timeout_s = IDLE_POLL_S
+        polled = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max(self.assembler.room(), 1))
+        for records in polled.values():
+            for record in records:
+                self.assembler.add(record, self._loaders.submit(self._prepare, record))
+                if self.assembler.due():
+                    self._dispatch(self.assembler.close())
+        if self.assembler.due():
+            self._dispatch(self.assembler.close())
 
-    # -- one batch ----------------------------------------------------------------------------------
+    def _dispatch(self, batch: Batch | None) -> None:
+        if batch is None or not len(batch):
+            return
+        self._in_flight += 1
+        self._to_score.put(batch)
 
-    def process(self, records: Sequence[ConsumerRecord]) -> BatchResult:
-        events, dead_letters = self.decode(records)
-        verdicts = self.moderator.moderate([event for _, event in events])
-        result = BatchResult(records=len(records), dead_lettered=len(dead_letters))
-        self.finish(records, verdicts, dead_letters, result)
-        return result
-
-    def decode(self, records: Sequence[ConsumerRecord]) -> tuple[list[ParsedRecord], list[OutgoingMessage]]:
-        """Parse every record; the ones that break the event contract become dead-letter messages."""
-        events: list[ParsedRecord] = []
-        dead_letters: list[OutgoingMessage] = []
-        for record in records:
-            try:
-                events.append((record, parse_event(record.value)))
-            except EventError as exc:
-                log.warning(
-                    "event dead-lettered", reason=exc.reason, detail=exc.detail[:300],
-                    topic=record.topic, partition=record.partition, offset=record.offset,
-                )
-                dead_letters.append(
-                    dead_letter_message(
-                        self.settings.kafka.dead_letter_topic,
-                        key=record.key, value=record.value, headers=list(record.headers or []),
-                        reason=exc.reason, detail=exc.detail, source_topic=record.topic,
-                        partition=record.partition, offset=record.offset,
-                    )
-                )
-        return events, dead_letters
-
-    def finish(
-        self,
-        records: Sequence[ConsumerRecord],
-        verdicts: Sequence[Verdict],
-        dead_letters: Sequence[OutgoingMessage],
-        result: BatchResult,
-    ) -> None:
-        """The delivery guarantee, in four steps; each starts only when the one before succeeded."""
-        # Step 1: write every verdict in one database transaction (idempotent on event_id). What comes
-        # back is what is stored: for a redelivered event, the row written the first time.
-        # Repeats of one event id inside the batch come back as the same stored verdict: act on it once.
-        stored = list({v.event_id: v for v in self.store.save_batch(verdicts)}.values())
-        result.verdicts = len(stored)
-        result.flagged = sum(v.flagged for v in stored)
-        result.errors = sum(v.status is VerdictStatus.ERROR for v in stored)
-        self.on_step(STEP_PERSISTED, result)
-
-        # Step 2: publish flagged verdicts to the review topic and bad events to the dead-letter topic.
-        review_topic = self.settings.kafka.review_topic
-        outgoing = [review_message(review_topic, v) for v in stored if v.flagged] + list(dead_letters)
-        futures = [self.producer.send(m.topic, key=m.key, value=m.value, headers=m.headers) for m in outgoing]
-
-        # Step 3: flush the producer and check every send was acknowledged (raises if one failed).
-        self.producer.flush(timeout=SEND_TIMEOUT_S)
-        for future in futures:
-            future.get(timeout=SEND_TIMEOUT_S)
-        self.on_step(STEP_FLUSHED, result)
-
-        # Step 4: commit the offsets after the last record of each partition in this batch.
-        result.offsets = next_offsets(records)
-        self.consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in result.offsets.items()})
-        self.on_step(STEP_COMMITTED, result)
-        log.info(
-            "batch done", records=result.records, verdicts=result.verdicts, flagged=result.flagged,
-            errors=result.errors, dead_lettered=result.dead_lettered,
-        )
-
-    # -- helpers ------------------------------------------------------------------------------------
-
-    def _rewind(self, records: Sequence[ConsumerRecord], exc: BaseException) -> None:
-        """Seek back to the batch's first records so it is processed again; nothing was committed."""
-        log.error("batch failed, will retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=self._retry_delay_s)
-        first: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            first[tp] = min(first.get(tp, record.offset), record.offset)
+    def _apply_back_pressure(self) -> None:
         assigned = self.consumer.assignment()
-        for tp, offset in first.items():
-            if tp in assigned:  # a revoked partition is redelivered to its new owner from the last commit
-                self.consumer.seek(tp, offset)
+        if self._in_flight >= self.max_in_flight:
+            unpaused = set(assigned) - set(self.consumer.paused())
+            if unpaused:  # also covers partitions assigned while paused
+                self.consumer.pause(*unpaused)
+                if not self._paused:
+                    self.pauses += 1
+                    log.debug("pipeline full, partitions paused", in_flight=self._in_flight)
+                self._paused = True
+        elif self._paused:
+            self.consumer.resume(*self.consumer.paused())
+            self._paused = False
 
-    def _add_to_totals(self, result: BatchResult) -> None:
-        for name in _COUNTERS:
-            setattr(self.totals, name, getattr(self.totals, name) + getattr(result, name))
+    def _commit_delivered(self, block_s: float = 0.0) -> int:
+        """Step 4 of the delivery guarantee: commit the offsets of delivered batches, in order."""
+        committed = 0
+        while (delivered := self._next_delivered(block_s)) is not None:
+            block_s = 0.0
+            batch, result = delivered
+            try:
+                self.consumer.commit(self._offsets(batch, result))
+            except KafkaError as exc:
+                self._commit_failed(exc)
+            self._committed(batch, result)
+            committed += 1
+        return committed
 
-    def _totals_fields(self) -> dict[str, Any]:
-        return {name: getattr(self.totals, name) for name in _COUNTERS}
+    def _next_delivered(self, block_s: float) -> tuple[Batch, BatchResult] | None:
+        try:
+            return self._delivered.get(timeout=block_s) if block_s else self._delivered.get_nowait()
+        except queue.Empty:
+            return None
+
+    @staticmethod
+    def _offsets(batch: Batch, result: BatchResult) -> dict[TopicPartition, OffsetAndMetadata]:
+        result.offsets = batch.next_offsets()
+        return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in result.offsets.items()}
+
+    @staticmethod
+    def _commit_failed(exc: KafkaError) -> None:
+        if isinstance(exc, CommitFailedError):
+            # The group rebalanced: these partitions now belong to another member, which starts from
+            # the last commit. Rows are idempotent, so the redelivery only repeats review messages.
+            log.warning("offset commit refused after a rebalance", error=str(exc))
+        else:
+            log.warning("offset commit failed; the next commit covers it", error=str(exc))
+
+    def _committed(self, batch: Batch, result: BatchResult) -> None:
+        self._in_flight -= 1
+        self.totals.add(result)
+        self.on_step(STEP_COMMITTED, result)
+        log.info("batch done", batch=batch.number, **result.counters())
+
+    def _drain(self, timeout_s: float) -> bool:
+        """Wait until every dispatched batch is delivered and committed; False on timeout or crash."""
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight and self._fatal is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("gave up waiting for batches in flight", in_flight=self._in_flight)
+                return False
+            self._commit_delivered(block_s=min(remaining, 0.1))
+        return self._fatal is None
+
+    async def revoke(self, revoked: set[TopicPartition]) -> None:
+        """Rebalance: finish and commit every batch in flight before the partitions change hands.
+
+        kafka-python 3 runs rebalance listeners on its network thread (while this worker's thread waits
+        inside poll), where a blocking commit would deadlock; so this waits and commits by awaiting.
+        """
+        if self._fatal is not None or self._abandon.is_set():
+            return
+        self._dispatch(self.assembler.close())
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self._in_flight and self._fatal is None and time.monotonic() < deadline:
+            delivered = self._next_delivered(0.0)
+            if delivered is None:
+                await _network_sleep(self.consumer, 0.02)
+                continue
+            batch, result = delivered
+            try:
+                await self.consumer.commit_async(self._offsets(batch, result))
+            except KafkaError as exc:
+                self._commit_failed(exc)
+            self._committed(batch, result)
+        log.info("partitions revoked", partitions=len(revoked), unfinished_batches=self._in_flight)
+
+    # -- stages (their own threads) -----------------------------------------------------------------
+
+    def _prepare(self, record: ConsumerRecord) -> Prepared:
+        """Runs in the loader pool: parse the event and load its image, so the scorer only scores."""
+        try:
+            event = parse_event(record.value)
+        except EventError as exc:
+            return Prepared(record, None, None, dead_letter_for(record, exc, self.settings.kafka.dead_letter_topic))
+        return Prepared(record, event, self.moderator.load_one(event), None)
+
+    def _stage(self, inbox: queue.Queue[object], work: object) -> None:
+        while True:
+            item = inbox.get()
+            if item is _STOP:
+                if inbox is self._to_score:
+                    self._to_deliver.put(_STOP)  # pass the stop on once everything before it is scored
+                return
+            if self._abandon.is_set():
+                continue
+            try:
+                work(item)  # type: ignore[operator]
+            except BaseException as exc:  # noqa: BLE001 - any surprise here must stop the worker, not hang it
+                log.error("pipeline stage failed", stage=threading.current_thread().name, error=repr(exc))
+                self._fatal = exc
+                self._abandon.set()
+
+    def _score(self, batch: Batch) -> None:
+        prepared: list[Prepared] = [future.result() for future in batch.prepared]
+        scored = [p for p in prepared if p.event is not None]
+        verdicts = self.moderator.score_loaded([p.event for p in scored], [p.loaded for p in scored])  # type: ignore[misc]
+        dead_letters = [p.dead_letter for p in prepared if p.dead_letter is not None]
+        self._to_deliver.put((batch, verdicts, dead_letters))
+
+    def _deliver(self, item: tuple[Batch, list, list[OutgoingMessage]]) -> None:
+        batch, verdicts, dead_letters = item
+        result = BatchResult(records=len(batch))
+        delay_s = 0.5
+        while not self._abandon.is_set():
+            try:
+                self.delivery.deliver(verdicts, dead_letters, result)
+            except (StorageError, KafkaError) as exc:
+                # The database or the broker is away: keep the batch, back off, try again. Nothing is
+                # committed meanwhile, and the full pipeline pauses the partitions upstream.
+                log.error("delivery failed, retrying", batch=batch.number, error=str(exc), retry_in_s=delay_s)
+                self._abandon.wait(delay_s)
+                delay_s = min(delay_s * 2, 30.0)
+                continue
+            self._delivered.put((batch, result))
+            return
 
 
-def next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
-    """For each partition, the offset of the next record to read: last processed + 1."""
-    offsets: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        offsets[tp] = max(offsets.get(tp, -1), record.offset + 1)
-    return offsets
+class _Rebalance(AsyncConsumerRebalanceListener):
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.worker.revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
+def _network_sleep(consumer: KafkaConsumer, seconds: float) -> Awaitable[None]:
+    """A sleep the consumer's network loop can await, so heartbeats go on while a listener waits.
+
+    kafka-python 3 drives listeners with its own event loop (not asyncio) and exposes no public sleep.
+    """
+    return consumer._net.sleep(seconds)  # noqa: SLF001 - see the docstring

@@ -2,6 +2,10 @@
 
 Every failure raises `ImageLoadError` with a short reason code; the pipeline turns it into an
 ``error`` verdict for that one event while the rest of the batch goes on.
+
+Given the model's `PreprocessSpec`, loading also produces the model input (`LoadedImage.pixels`):
+JPEGs are decoded at a reduced DCT scale and the picture is resized, cropped and normalised here, in
+the loader threads, so that work overlaps the forward pass instead of running before it.
 """
 
 from __future__ import annotations
@@ -11,16 +15,22 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from moderation.events import ImageEvent
 from moderation.exceptions import ImageLoadError
+from moderation.preprocess import PreprocessSpec, draft_size, to_pixels
 from moderation.settings import ImageSettings
+
+if TYPE_CHECKING:  # only for the pixels' type: loading images needs no torch
+    import torch
 
 REASON_TOO_LARGE = "too_large"
 REASON_NOT_FOUND = "not_found"
@@ -31,27 +41,74 @@ REASON_TOO_MANY_PIXELS = "too_many_pixels"
 REASON_DECODE_FAILED = "decode_failed"
 
 _READ_CHUNK = 256 * 1024
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the picture by 90 degrees (with or without a flip)
 
 
 @dataclass(frozen=True)
 class LoadedImage:
-    image: Image.Image  # RGB, EXIF orientation applied
+    # RGB, EXIF orientation applied; a reduced decode when `pixels` were made from a JPEG draft. None
+    # only when decoding is left to the GPU: then `encoded` holds the JPEG and `orientation` its EXIF tag.
+    image: Image.Image | None
     sha256: str  # of the encoded bytes: identifies the same upload seen twice
     nbytes: int
     load_ms: float
+    pixels: np.ndarray | torch.Tensor | None = None  # the model input, float32 [3, H, W], given a spec
+    encoded: bytes | None = None
+    orientation: int = 1
 
 
-def load_image(event: ImageEvent, limits: ImageSettings) -> LoadedImage:
-    """Fetch and decode the image of one event, or raise `ImageLoadError`."""
+def load_image(
+    event: ImageEvent, limits: ImageSettings, spec: PreprocessSpec | None = None, *, defer_jpeg: bool = False
+) -> LoadedImage:
+    """Fetch and decode the image of one event, or raise `ImageLoadError`.
+
+    With `spec`, JPEGs decode at the smallest DCT scale that keeps the model's resolution and the
+    model input is computed too (`pixels`), so a worker's loader threads do all of the preprocessing.
+    With `defer_jpeg`, a JPEG the GPU can decode (RGB or greyscale, within the pixel limit) is checked
+    from its header only and returned undecoded (`encoded`), for a batched GPU decode.
+    """
     started = time.perf_counter()
-    data = fetch_bytes(event, limits)
-    image = decode_image(data, limits.max_pixels)
-    return LoadedImage(
-        image=image,
-        sha256=hashlib.sha256(data).hexdigest(),
-        nbytes=len(data),
-        load_ms=(time.perf_counter() - started) * 1000.0,
-    )
+    loaded = load_bytes(fetch_bytes(event, limits), limits, spec, defer_jpeg=defer_jpeg)
+    return replace(loaded, load_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def load_bytes(
+    data: bytes, limits: ImageSettings, spec: PreprocessSpec | None = None, *, defer_jpeg: bool = False
+) -> LoadedImage:
+    """`load_image` for bytes already fetched (`load_ms` counts the decoding only)."""
+    started = time.perf_counter()
+    sha256 = hashlib.sha256(data).hexdigest()
+    if defer_jpeg:
+        orientation = _gpu_decodable_jpeg(data, limits.max_pixels)
+        if orientation is not None:
+            elapsed = (time.perf_counter() - started) * 1000.0
+            return LoadedImage(None, sha256, len(data), elapsed, encoded=data, orientation=orientation)
+    image, source_size = _decode(data, limits.max_pixels, spec)
+    pixels = None
+    if spec is not None:
+        try:
+            pixels = to_pixels(image, spec, source_size)
+        except (OSError, ValueError, MemoryError) as exc:
+            raise ImageLoadError(REASON_DECODE_FAILED, f"preprocessing failed: {exc}") from exc
+    return LoadedImage(image, sha256, len(data), (time.perf_counter() - started) * 1000.0, pixels=pixels)
+
+
+def _gpu_decodable_jpeg(data: bytes, max_pixels: int) -> int | None:
+    """The EXIF orientation of a JPEG nvjpeg can decode as is, from its header; None for anything else.
+
+    Anything else - other formats, CMYK JPEGs, oversized or unreadable headers - goes the CPU way,
+    which also produces the right error for it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(BytesIO(data))
+        if image.format != "JPEG" or image.mode not in ("RGB", "L") or image.width * image.height > max_pixels:
+            return None
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - not for the GPU, whatever the reason: the CPU path will say why
+        return None
+    return orientation if orientation in range(1, 9) else 1
 
 
 def fetch_bytes(event: ImageEvent, limits: ImageSettings) -> bytes:
@@ -132,8 +189,18 @@ def _read_capped(handle, max_bytes: int, deadline: float | None = None) -> bytes
     return b"".join(chunks)
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode to RGB with the pixel count checked from the header, before any pixel is decoded."""
+def decode_image(data: bytes, max_pixels: int, draft_to: PreprocessSpec | None = None) -> Image.Image:
+    """Decode to RGB with the pixel count checked from the header, before any pixel is decoded.
+
+    With `draft_to`, a JPEG is decoded at a reduced DCT scale (1/2, 1/4 or 1/8) that still leaves its
+    shortest edge at least the spec's resize target: most of the decoding work is skipped, and
+    `to_pixels` gives nearly the same model input (pass it the full size, see `load_image`).
+    """
+    return _decode(data, max_pixels, draft_to)[0]
+
+
+def _decode(data: bytes, max_pixels: int, draft_to: PreprocessSpec | None) -> tuple[Image.Image, tuple[int, int]]:
+    """The RGB picture and the (width, height) it has at full resolution, EXIF orientation applied."""
     # Pillow's own bomb check (in Image.open, ~89 Mpx by default) must not be stricter than the setting,
     # or `max_pixels` could never be raised above it. It is only ever raised, never lowered.
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
@@ -155,9 +222,17 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
                 REASON_TOO_MANY_PIXELS, f"{width}x{height} is over the limit of {max_pixels} pixels"
             )
         try:
+            if draft_to is not None and image.format == "JPEG":
+                # Before load(): the scale is chosen in the decoder. The request is square (see
+                # draft_size), so it holds whichever way the EXIF orientation turns the picture.
+                image.draft("RGB", draft_size(width, height, draft_to))
             image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return to_rgb(image)
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+            if orientation in _SWAPS_AXES:
+                width, height = height, width
+            if orientation != 1:
+                image = ImageOps.exif_transpose(image) or image
+            return to_rgb(image), (width, height)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageLoadError(REASON_TOO_MANY_PIXELS, str(exc)) from exc
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -166,15 +241,24 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB; transparent areas become white, as most viewers show them."""
-    if image.mode == "RGB":
+    if image.mode == "RGB" and not _has_colour_key(image):
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit greyscale: scale to 8 bits instead of clipping everything above 255 to white.
         image = image.point(lambda value: value * (1 / 256)).convert("L")
-    if image.mode == "P" and "transparency" in image.info:
+    if (image.mode == "P" and "transparency" in image.info) or _has_colour_key(image):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _has_colour_key(image: Image.Image) -> bool:
+    """An RGB or L picture with a PNG tRNS colour key: pixels of that one colour are transparent."""
+    key = image.info.get("transparency")
+    if image.mode == "RGB":
+        return isinstance(key, tuple) and len(key) == 3
+    # After the 16-bit scaling above, a 16-bit key no longer names an 8-bit grey: ignore it then.
+    return image.mode == "L" and isinstance(key, int) and 0 <= key <= 255

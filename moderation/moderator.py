@@ -3,6 +3,10 @@
 This is the Kafka-free core of the pipeline: a batch of parsed events in, one verdict per event out,
 in the same order. An image that cannot be loaded (or scored) becomes an ``error`` verdict with a
 reason; the rest of its batch is unaffected.
+
+The work comes in two halves so a pipelined worker can overlap them: `load_one` / `load` fetch, decode
+and preprocess (the model input is made here, in the loader threads, when the scorer exposes a
+`preprocess_spec`), and `score` runs the forward pass and the decisions. `moderate` is both in turn.
 """
 
 from __future__ import annotations
@@ -10,15 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from PIL import Image
 
 from moderation.decision import decide
 from moderation.events import ImageEvent
 from moderation.exceptions import ImageLoadError
-from moderation.images import LoadedImage, load_image
+from moderation.images import REASON_DECODE_FAILED, LoadedImage, load_bytes, load_image
 from moderation.policy import LoadedPolicy
 from moderation.settings import ImageSettings
 from moderation.verdict import Verdict, VerdictStatus
@@ -32,15 +36,32 @@ class Scores(Protocol):
 
 
 class Scorer(Protocol):
+    """What the moderator needs. A scorer that also has `preprocess_spec` and `score_pixels` (ClipScorer)
+    gets model inputs made in the loader threads; one with `gpu_decode` true gets JPEG bytes to decode."""
+
     model_id: str
 
     def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> Sequence[Scores]: ...
 
 
 @dataclass(frozen=True)
-class _Failure:
+class LoadFailure:
+    """Why one event's image could not be used; it becomes that event's ``error`` verdict."""
+
     reason: str
     detail: str
+
+
+@dataclass(frozen=True)
+class LoadedBatch:
+    """Events and, position for position, what loading each gave: `load`'s result, `score`'s input."""
+
+    events: tuple[ImageEvent, ...]
+    items: tuple[LoadedImage | LoadFailure, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.events) != len(self.items):
+            raise ValueError(f"{len(self.events)} events but {len(self.items)} loaded items")
 
 
 class Moderator:
@@ -50,53 +71,120 @@ class Moderator:
         self.scorer = scorer
         self.policy = policy
         self.limits = limits
-        # Fetching and decoding wait on I/O and release the GIL in Pillow, so threads overlap them.
+        # Fetching, decoding and resizing wait on I/O or run in Pillow/numpy with the GIL released, so
+        # threads overlap them with each other and with the forward pass.
         self._pool = ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="image-loader")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    # -- loading (any thread) -------------------------------------------------------------------------
+
+    def load_one(self, event: ImageEvent) -> LoadedImage | LoadFailure:
+        """Fetch, decode and preprocess one event's image; safe to call from any thread, never raises
+        `ImageLoadError` (it comes back as a `LoadFailure`)."""
+        scorer = self.scorer  # read once: the scorer may be swapped between batches
+        try:
+            return load_image(
+                event,
+                self.limits,
+                getattr(scorer, "preprocess_spec", None),  # fakes without it get plain images
+                defer_jpeg=bool(getattr(scorer, "gpu_decode", False)),
+            )
+        except ImageLoadError as exc:
+            return LoadFailure(exc.reason, exc.detail)
+
+    def load(self, events: Sequence[ImageEvent]) -> LoadedBatch:
+        """`load_one` for every event on the loader pool, results in event order."""
+        return LoadedBatch(tuple(events), tuple(self._pool.map(self.load_one, events)))
+
+    # -- scoring (the model's thread) -----------------------------------------------------------------
+
     def moderate(self, events: Sequence[ImageEvent]) -> list[Verdict]:
-        loaded = list(self._pool.map(self._load, events))
+        return self.score(self.load(events))
+
+    def score_loaded(self, events: Sequence[ImageEvent], items: Sequence[LoadedImage | LoadFailure]) -> list[Verdict]:
+        """`score` for events and `load_one` results gathered by the caller (e.g. from its own futures)."""
+        return self.score(LoadedBatch(tuple(events), tuple(items)))
+
+    def score(self, batch: LoadedBatch) -> list[Verdict]:
+        """Score the loaded images of `batch` in one forward pass and decide each: one verdict per event."""
         policy = self.policy  # one policy for the whole batch, even if it is swapped meanwhile
+        scorer = self.scorer
+        loaded = self._finish_deferred(list(batch.items), scorer)
         ok = [i for i, item in enumerate(loaded) if isinstance(item, LoadedImage)]
-        scored: dict[int, Scores | _Failure] = {}
+        scored: dict[int, Scores | LoadFailure] = {}
         score_ms = 0.0
         if ok:
             started = time.perf_counter()
-            images = [loaded[i].image for i in ok]  # type: ignore[union-attr]
+            items: list[LoadedImage] = [loaded[i] for i in ok]  # type: ignore[misc]
+            use_pixels = hasattr(scorer, "score_pixels") and all(item.pixels is not None for item in items)
             try:
-                for i, score in zip(ok, self.scorer.score(images, policy), strict=True):
+                for i, score in zip(ok, self._score_many(scorer, items, use_pixels, policy), strict=True):
                     scored[i] = score
             except Exception:  # noqa: BLE001 - isolate the image that breaks the batch, score the rest alone
-                for i in ok:
-                    scored[i] = self._score_alone(loaded[i].image, policy)  # type: ignore[union-attr]
+                for i, item in zip(ok, items, strict=True):
+                    scored[i] = self._score_alone(scorer, item, use_pixels, policy)
             score_ms = (time.perf_counter() - started) * 1000.0 / len(ok)
 
         verdicts = []
-        for i, event in enumerate(events):
+        for i, event in enumerate(batch.events):
             item = loaded[i]
             outcome = scored.get(i, item)
-            if not isinstance(outcome, _Failure):
+            if not isinstance(outcome, LoadFailure):
                 try:
                     verdicts.append(self._verdict(event, policy, item, outcome, score_ms))  # type: ignore[arg-type]
                     continue
                 except ValueError as exc:  # scores that do not fit the policy: this event's error, not the batch's
-                    outcome = _Failure(REASON_SCORE_FAILED, str(exc))
+                    outcome = LoadFailure(REASON_SCORE_FAILED, str(exc))
             verdicts.append(self._error_verdict(event, policy, outcome, item))
         return verdicts
 
-    def _load(self, event: ImageEvent) -> LoadedImage | _Failure:
-        try:
-            return load_image(event, self.limits)
-        except ImageLoadError as exc:
-            return _Failure(exc.reason, exc.detail)
+    @staticmethod
+    def _score_many(scorer: Any, items: list[LoadedImage], use_pixels: bool, policy: LoadedPolicy) -> Sequence[Scores]:
+        if use_pixels:
+            return scorer.score_pixels([item.pixels for item in items], policy)
+        if any(item.image is None for item in items):
+            raise ValueError("an image was left undecoded for a scorer that cannot take model inputs")
+        return scorer.score([item.image for item in items], policy)
 
-    def _score_alone(self, image: Image.Image, policy: LoadedPolicy) -> Scores | _Failure:
+    def _score_alone(
+        self, scorer: Any, item: LoadedImage, use_pixels: bool, policy: LoadedPolicy
+    ) -> Scores | LoadFailure:
         try:
-            return self.scorer.score([image], policy)[0]
+            return self._score_many(scorer, [item], use_pixels, policy)[0]
         except Exception as exc:  # noqa: BLE001 - one bad image must not fail its batch
-            return _Failure(REASON_SCORE_FAILED, f"{type(exc).__name__}: {exc}")
+            return LoadFailure(REASON_SCORE_FAILED, f"{type(exc).__name__}: {exc}")
+
+    def _finish_deferred(self, items: list[LoadedImage | LoadFailure], scorer: Any) -> list[LoadedImage | LoadFailure]:
+        """Decode on the GPU, in one batch, the JPEGs the loaders left encoded; the CPU takes any it refuses."""
+        deferred = [i for i, item in enumerate(items) if isinstance(item, LoadedImage) and item.encoded is not None]
+        if not deferred:
+            return items
+        started = time.perf_counter()
+        jpegs: list[LoadedImage] = [items[i] for i in deferred]  # type: ignore[misc]
+        try:
+            decoded = list(scorer.decode_jpegs([j.encoded for j in jpegs], [j.orientation for j in jpegs]))
+        except Exception:  # noqa: BLE001 - the GPU decoder failing as a whole: every image goes the CPU way
+            decoded = [None] * len(jpegs)
+        per_image_ms = (time.perf_counter() - started) * 1000.0 / len(jpegs)
+        for i, jpeg, pixels in zip(deferred, jpegs, decoded, strict=True):
+            if pixels is not None:
+                items[i] = replace(jpeg, pixels=pixels, encoded=None, load_ms=jpeg.load_ms + per_image_ms)
+            else:
+                items[i] = self._decode_on_cpu(jpeg, scorer)
+        return items
+
+    def _decode_on_cpu(self, jpeg: LoadedImage, scorer: Any) -> LoadedImage | LoadFailure:
+        started = time.perf_counter()
+        try:
+            assert jpeg.encoded is not None
+            loaded = load_bytes(jpeg.encoded, self.limits, getattr(scorer, "preprocess_spec", None))
+        except ImageLoadError as exc:
+            return LoadFailure(exc.reason, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, it is this image's error alone
+            return LoadFailure(REASON_DECODE_FAILED, f"{type(exc).__name__}: {exc}")
+        return replace(loaded, load_ms=jpeg.load_ms + (time.perf_counter() - started) * 1000.0)
 
     def _verdict(
         self, event: ImageEvent, policy: LoadedPolicy, image: LoadedImage, scores: Scores, score_ms: float
@@ -123,7 +211,7 @@ class Moderator:
         )
 
     def _error_verdict(
-        self, event: ImageEvent, policy: LoadedPolicy, failure: _Failure, item: LoadedImage | _Failure
+        self, event: ImageEvent, policy: LoadedPolicy, failure: LoadFailure, item: LoadedImage | LoadFailure
     ) -> Verdict:
         return Verdict(
             event_id=event.event_id,

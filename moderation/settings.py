@@ -65,12 +65,27 @@ class ModelSettings(_Group):
         "openai/clip-vit-base-patch32",
         description="Local checkpoint directory or a hub id already in the local Hugging Face cache.",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA with fp16 when available, else CPU fp32."
+    )
+    cpu_mode: Literal["fp32", "int8"] = Field(
+        "fp32", description="CPU only: int8 dynamic quantisation of the linear layers (faster, approximate)."
+    )
+    compile: bool = Field(False, description="torch.compile the image tower (slow first batch, faster after).")
+    gpu_decode: bool = Field(
+        True, description="CUDA only: decode JPEGs on the GPU when torchvision is importable."
+    )
 
 
 class BatchingSettings(_Group):
     max_size: int = Field(32, ge=1, le=4096, description="Largest batch scored in one forward pass.")
-    max_wait_ms: int = Field(500, ge=0, description="A batch closes after this long even if not full.")
+    max_wait_ms: int = Field(200, ge=0, description="A batch closes this long after its first event, even if not full.")
+    loader_threads: int = Field(
+        0, ge=0, le=256, description="Threads fetching and decoding images; 0 = twice the CPU cores."
+    )
+    max_batches_in_flight: int = Field(
+        3, ge=1, le=64, description="Batches loading, scoring or persisting at once; beyond it partitions pause."
+    )
 
 
 class PolicySettings(_Group):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
@@ -36,9 +37,11 @@ from moderation.images import (
     LoadedImage,
     decode_image,
     fetch_bytes,
+    load_bytes,
     load_image,
     to_rgb,
 )
+from moderation.preprocess import PreprocessSpec
 from moderation.settings import ImageSettings
 
 RED = (255, 0, 0)
@@ -696,3 +699,88 @@ def test_allow_http_false_also_covers_https() -> None:
     # Refused before any connection: the port is irrelevant and nothing is contacted.
     error = refused(url_event("https://127.0.0.1:9/a.png"), ImageSettings(allow_http=False))
     assert error.reason == REASON_NOT_ALLOWED
+
+
+# --- preprocessing in the loader: drafts, model inputs, deferred JPEGs ------------------------------
+
+SPEC_64 = PreprocessSpec(crop_size=(64, 64), shortest_edge=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def test_load_image_with_a_spec_makes_the_model_input() -> None:
+    data = encode(two_colour((1000, 600)), "JPEG", quality=95)
+    loaded = load_image(inline(data), DEFAULT_LIMITS, SPEC_64)
+    assert loaded.pixels is not None and loaded.pixels.shape == (3, 64, 64) and loaded.pixels.dtype == np.float32
+    assert loaded.image is not None and loaded.image.size == (125, 75)  # drafted at 1/8: 600 // 8 >= 64
+    assert loaded.sha256 == hashlib.sha256(data).hexdigest() and loaded.nbytes == len(data)
+    # Red left, blue right, normalised to [-1, 1].
+    assert close_to(tuple(round(v, 1) for v in loaded.pixels[:, 32, 2]), (1.0, -1.0, -1.0), 0.1)
+    assert close_to(tuple(round(v, 1) for v in loaded.pixels[:, 32, 61]), (-1.0, -1.0, 1.0), 0.1)
+
+
+def test_load_image_without_a_spec_is_unchanged(red_blue_png: bytes) -> None:
+    loaded = load_image(inline(red_blue_png), DEFAULT_LIMITS)
+    assert loaded.pixels is None and loaded.encoded is None and loaded.image is not None
+
+
+def test_draft_happens_after_the_pixel_check(load_spy: list[tuple[int, int]]) -> None:
+    data = encode(Image.new("RGB", (2000, 1000), RED), "JPEG")
+    assert decode_refused(data, max_pixels=1_999_999).reason == REASON_TOO_MANY_PIXELS
+    assert load_spy == []
+    assert decode_image(data, 2_000_000, draft_to=SPEC_64).size == (250, 125)
+    assert load_spy == [(250, 125)]  # only the reduced picture was decoded
+
+
+def test_exif_rotated_jpeg_with_a_draft_is_upright_and_large_enough() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(two_colour((1200, 400)), "JPEG", exif=exif.tobytes(), quality=95)
+    image = decode_image(data, DEFAULT_LIMITS.max_pixels, draft_to=SPEC_64)
+    assert image.size == (100, 300)  # 1/4 scale (400 // 8 < 64), then turned upright
+    assert close_to(image.getpixel((50, 20)), RED, 40)  # the left (red) edge is now at the top
+    assert close_to(image.getpixel((50, 280)), BLUE, 40)
+    pixels = load_image(inline(data), DEFAULT_LIMITS, SPEC_64).pixels
+    assert pixels is not None and pixels[0, 2, 32] > 0.8 and pixels[2, 61, 32] > 0.8  # red on top, blue below
+
+
+def test_png_colour_key_transparency_becomes_white() -> None:
+    image = Image.new("RGB", (20, 10), RED)
+    image.paste(BLUE, (0, 0, 10, 10))
+    decoded = decode_image(encode(image, "PNG", transparency=BLUE), 10**6)
+    assert decoded.mode == "RGB" and "transparency" not in decoded.info
+    assert decoded.getpixel((5, 5)) == WHITE and decoded.getpixel((15, 5)) == RED
+    grey = Image.new("L", (20, 10), 40)
+    grey.paste(90, (0, 0, 10, 10))
+    decoded = decode_image(encode(grey, "PNG", transparency=90), 10**6)
+    assert decoded.getpixel((5, 5)) == WHITE and decoded.getpixel((15, 5)) == (40, 40, 40)
+
+
+def test_defer_jpeg_keeps_the_bytes_and_the_orientation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    data = encode(two_colour((40, 20)), "JPEG", exif=exif.tobytes())
+    loaded = load_image(inline(data), DEFAULT_LIMITS, SPEC_64, defer_jpeg=True)
+    assert (loaded.image, loaded.pixels, loaded.encoded, loaded.orientation) == (None, None, data, 8)
+    assert loaded.sha256 == hashlib.sha256(data).hexdigest() and loaded.nbytes == len(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(two_colour(), "PNG"),
+        encode(Image.new("CMYK", (30, 10), (0, 255, 255, 0)), "JPEG"),
+    ],
+    ids=["png", "cmyk-jpeg"],
+)
+def test_defer_jpeg_decodes_what_the_gpu_cannot(data: bytes) -> None:
+    loaded = load_bytes(data, DEFAULT_LIMITS, SPEC_64, defer_jpeg=True)
+    assert loaded.encoded is None and loaded.image is not None and loaded.pixels is not None
+
+
+def test_defer_jpeg_still_refuses_oversized_and_broken_jpegs() -> None:
+    data = encode(Image.new("RGB", (200, 100), RED), "JPEG")
+    with pytest.raises(ImageLoadError) as info:
+        load_bytes(data, ImageSettings(max_pixels=19_999), SPEC_64, defer_jpeg=True)
+    assert info.value.reason == REASON_TOO_MANY_PIXELS
+    with pytest.raises(ImageLoadError) as info:
+        load_bytes(b"\xff\xd8\xff\xe0garbage" * 4, DEFAULT_LIMITS, SPEC_64, defer_jpeg=True)
+    assert info.value.reason in (REASON_DECODE_FAILED, REASON_NOT_AN_IMAGE)

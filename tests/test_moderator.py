@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from consumers.producer import image_event
 from moderation.events import ImageEvent
-from moderation.images import REASON_NOT_AN_IMAGE, REASON_NOT_FOUND
-from moderation.moderator import REASON_SCORE_FAILED, Moderator
+from moderation.images import REASON_NOT_AN_IMAGE, REASON_NOT_FOUND, LoadedImage
+from moderation.moderator import REASON_SCORE_FAILED, LoadedBatch, LoadFailure, Moderator
 from moderation.policy import LoadedPolicy, parse_policy
+from moderation.preprocess import PreprocessSpec, to_pixels
 from moderation.settings import ImageSettings
 from moderation.verdict import Verdict, VerdictStatus
 
@@ -327,3 +330,214 @@ def test_scores_that_do_not_fit_the_policy_fail_only_their_own_event() -> None:
     assert "yellow" in (verdicts["r"].error_detail or "")
     assert verdicts["b"].status is VerdictStatus.OK
     assert verdicts["b"].action == "allow"
+
+
+# --- the two halves: load, then score ---------------------------------------------------------------
+
+
+def test_load_then_score_is_moderate(moderator: Moderator, scorer: FakeScorer) -> None:
+    events = [inline("red", "a"), bad_bytes("b"), inline("blue", "c")]
+    batch = moderator.load(events)
+    assert isinstance(batch, LoadedBatch)
+    assert batch.events == tuple(events)
+    loaded, failed, other = batch.items
+    assert isinstance(loaded, LoadedImage) and isinstance(other, LoadedImage)
+    assert loaded.image is not None and loaded.pixels is None  # the fake scorer has no preprocess_spec
+    assert failed == LoadFailure(REASON_NOT_AN_IMAGE, failed.detail) and failed.detail  # type: ignore[union-attr]
+    assert scorer.calls == []  # loading never touches the model
+    verdicts = moderator.score(batch)
+    assert [v.top_category for v in verdicts] == ["red", None, "safe"]
+    assert scorer.calls == [["red", "blue"]]
+    assert by_id(verdicts)["b"].error_reason == REASON_NOT_AN_IMAGE
+
+
+def test_load_one_from_many_threads_and_score_loaded(moderator: Moderator) -> None:
+    events = [inline(colour, f"e{i}") for i, colour in enumerate(["red", "yellow", "blue", "green"] * 3)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        items = list(pool.map(moderator.load_one, events))
+    assert all(isinstance(item, LoadedImage) for item in items)
+    verdicts = moderator.score_loaded(events, items)
+    assert [v.event_id for v in verdicts] == [e.event_id for e in events]
+    assert [v.top_category for v in verdicts] == ["red", "yellow", "safe", "safe"] * 3
+
+
+def test_load_one_turns_load_errors_into_failures(moderator: Moderator, tmp_path: Path) -> None:
+    missing = ImageEvent.model_validate(image_event(content_id="c", source="t", image_url=(tmp_path / "x").as_uri()))
+    failure = moderator.load_one(missing)
+    assert isinstance(failure, LoadFailure) and failure.reason == REASON_NOT_FOUND
+
+
+def test_a_batch_needs_one_item_per_event() -> None:
+    with pytest.raises(ValueError, match="2 events but 1 loaded items"):
+        LoadedBatch((inline("red", "a"), inline("red", "b")), (LoadFailure("x", "y"),))
+
+
+# --- a scorer that takes model inputs ---------------------------------------------------------------
+
+SPEC = PreprocessSpec(crop_size=(8, 8), shortest_edge=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+class PixelScorer(FakeScorer):
+    """Like FakeScorer, but reads the colour from preprocessed pixels (as ClipScorer.score_pixels does)."""
+
+    preprocess_spec = SPEC
+
+    def __init__(self, **kwargs: bool) -> None:
+        super().__init__(**kwargs)
+        self.pixel_calls: list[list[str]] = []
+
+    def score_pixels(self, pixels: Sequence[np.ndarray], policy: LoadedPolicy) -> list[FakeScore]:
+        colours = [self._colour_of_pixels(np.asarray(p)) for p in pixels]
+        self.pixel_calls.append(colours)
+        if "magenta" in colours:
+            raise RuntimeError("magenta breaks the model")
+        return [FakeScore(dict(PROBABILITIES[c]), f"a {c} picture") for c in colours]
+
+    @staticmethod
+    def _colour_of_pixels(pixels: np.ndarray) -> str:
+        assert pixels.shape == (3, 8, 8) and pixels.dtype == np.float32
+        rgb = (pixels[:, 0, 0] * 0.5 + 0.5) * 255
+        # The nearest colour: JPEG moves a flat colour by a few levels.
+        return min(COLOURS, key=lambda name: float(np.abs(rgb - np.array(COLOURS[name])).sum()))
+
+
+def test_loaders_make_the_model_input_and_the_batch_is_scored_from_it() -> None:
+    scorer = PixelScorer()
+    moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=2)
+    try:
+        batch = moderator.load([inline("red", "a"), inline("blue", "b"), bad_bytes("c")])
+        assert batch.items[0].pixels.shape == (3, 8, 8)  # type: ignore[union-attr]
+        verdicts = moderator.score(batch)
+    finally:
+        moderator.close()
+    assert scorer.pixel_calls == [["red", "blue"]] and scorer.calls == []
+    assert [v.top_category for v in verdicts] == ["red", "safe", None]
+
+
+def test_a_pixel_batch_the_scorer_rejects_is_scored_image_by_image() -> None:
+    scorer = PixelScorer()
+    moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=2)
+    try:
+        verdicts = moderator.moderate([inline("red", "a"), inline("magenta", "poison"), inline("blue", "c")])
+    finally:
+        moderator.close()
+    assert scorer.pixel_calls == [["red", "magenta", "blue"], ["red"], ["magenta"], ["blue"]]
+    assert [v.status for v in verdicts] == [VerdictStatus.OK, VerdictStatus.ERROR, VerdictStatus.OK]
+    assert verdicts[1].error_reason == REASON_SCORE_FAILED
+    assert verdicts[1].error_detail == "RuntimeError: magenta breaks the model"
+
+
+def test_swapping_to_a_scorer_without_pixels_uses_the_images() -> None:
+    moderator = Moderator(PixelScorer(), POLICY, ImageSettings(), loader_threads=1)
+    try:
+        batch = moderator.load([inline("yellow", "a")])
+        moderator.scorer = plain = FakeScorer()
+        [verdict] = moderator.score(batch)
+    finally:
+        moderator.close()
+    assert plain.calls == [["yellow"]] and verdict.top_category == "yellow"
+
+
+# --- JPEGs left for a GPU decode --------------------------------------------------------------------
+
+
+def jpeg_event(colour: str, event_id: str, orientation: int = 1, mode: str = "RGB") -> ImageEvent:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = BytesIO()
+    Image.new("RGB", (24, 16), COLOURS[colour]).convert(mode).save(buffer, "JPEG", quality=100, exif=exif.tobytes())
+    return ImageEvent.model_validate(
+        image_event(content_id=f"content-{event_id}", source="test", image_bytes=buffer.getvalue(), event_id=event_id)
+    )
+
+
+class GpuScorer(PixelScorer):
+    """Declares GPU decode; "decodes" on the CPU, and refuses (None) the JPEGs listed in `refuse`."""
+
+    gpu_decode = True
+
+    def __init__(self, refuse: int = -1) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.decode_calls: list[list[int]] = []
+
+    def decode_jpegs(self, datas: Sequence[bytes], orientations: Sequence[int]) -> list[np.ndarray | None]:
+        self.decode_calls.append(list(orientations))
+        return [
+            None if i == self.refuse else to_pixels(Image.open(BytesIO(data)).convert("RGB"), SPEC)
+            for i, data in enumerate(datas)
+        ]
+
+
+def test_jpegs_are_left_encoded_for_the_gpu_and_decoded_there_in_one_batch() -> None:
+    scorer = GpuScorer()
+    moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=2)
+    try:
+        events = [jpeg_event("red", "a", orientation=6), inline("blue", "png"), jpeg_event("yellow", "c")]
+        batch = moderator.load(events)
+        jpeg, png_item, _ = batch.items
+        assert isinstance(jpeg, LoadedImage) and jpeg.image is None and jpeg.pixels is None
+        assert jpeg.encoded is not None and jpeg.orientation == 6
+        assert isinstance(png_item, LoadedImage) and png_item.pixels is not None and png_item.encoded is None
+        verdicts = moderator.score(batch)
+    finally:
+        moderator.close()
+    assert scorer.decode_calls == [[6, 1]]
+    assert scorer.pixel_calls == [["red", "blue", "yellow"]]
+    assert [v.top_category for v in verdicts] == ["red", "safe", "yellow"]
+    assert all(v.load_ms is not None and v.load_ms >= 0 for v in verdicts)
+
+
+def test_jpegs_the_gpu_refuses_are_decoded_on_the_cpu() -> None:
+    scorer = GpuScorer(refuse=0)
+    moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=2)
+    try:
+        verdicts = moderator.moderate([jpeg_event("red", "a"), jpeg_event("blue", "b")])
+    finally:
+        moderator.close()
+    assert [v.top_category for v in verdicts] == ["red", "safe"]
+    assert scorer.pixel_calls == [["red", "blue"]]
+
+
+def test_what_the_gpu_cannot_take_is_decoded_by_the_loaders() -> None:
+    scorer = GpuScorer()
+    moderator = Moderator(scorer, POLICY, ImageSettings(max_pixels=100), loader_threads=2)
+    try:
+        big, cmyk = moderator.load([jpeg_event("red", "big"), jpeg_event("red", "cmyk", mode="CMYK")]).items
+    finally:
+        moderator.close()
+    assert isinstance(big, LoadFailure) and big.reason == "too_many_pixels"  # 24x16 > 100: refused as before
+    moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=1)
+    try:
+        [cmyk] = moderator.load([jpeg_event("red", "cmyk", mode="CMYK")]).items
+    finally:
+        moderator.close()
+    assert isinstance(cmyk, LoadedImage) and cmyk.encoded is None and cmyk.pixels is not None
+
+
+# --- the real scorer end to end ---------------------------------------------------------------------
+
+
+def test_the_clip_scorer_is_fed_preprocessed_pixels(
+    monkeypatch: pytest.MonkeyPatch, test_model_dir: Path, test_policy: LoadedPolicy
+) -> None:
+    from moderation.scorer import ClipScorer
+    from moderation.testmodel import make_colour_image
+
+    clip = ClipScorer.load(str(test_model_dir), device="cpu")
+    monkeypatch.setattr(clip, "score", lambda *a: pytest.fail("the reference path must not be used"))
+    events = []
+    for i, colour in enumerate(["red", "yellow", "blue", "green"]):
+        buffer = BytesIO()
+        make_colour_image(colour, (400 + 37 * i, 300), seed=i).save(buffer, "JPEG", quality=90)
+        events.append(ImageEvent.model_validate(
+            image_event(content_id=f"c{i}", source="t", image_bytes=buffer.getvalue(), event_id=colour)
+        ))
+    moderator = Moderator(clip, test_policy, ImageSettings(), loader_threads=2)
+    try:
+        verdicts = moderator.moderate(events)
+    finally:
+        moderator.close()
+    assert [(v.top_category, v.action) for v in verdicts] == [
+        ("red", "review"), ("yellow", "block"), ("safe", "allow"), ("safe", "allow")
+    ]

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import _detect_agent
 from PIL import Image
 
+from moderation.decision import decide
 from moderation.exceptions import ConfigurationError, ModelNotFoundError
+from moderation.images import load_bytes
 from moderation.policy import LoadedPolicy, parse_policy
+from moderation.preprocess import to_pixels
 from moderation.scorer import ClipScorer, ImageScore, pooled_embeddings
-from moderation.testmodel import make_colour_image
+from moderation.settings import ImageSettings, ModelSettings
+from moderation.testmodel import TEST_MODEL_COLOURS, make_colour_image
 
 SIZES = [(64, 64), (224, 224), (640, 480), (97, 131)]
 
@@ -210,3 +216,136 @@ def test_bad_devices(test_model_dir: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigurationError, match="CUDA is not available"):
             ClipScorer.load(str(test_model_dir), device="cuda")
+
+
+# --- the fast path: preprocessed pixels -------------------------------------------------------------
+
+
+def fast_pixels(scorer: ClipScorer, images: list[Image.Image]) -> list[np.ndarray]:
+    return [to_pixels(image, scorer.preprocess_spec) for image in images]
+
+
+@pytest.mark.parametrize("colour", ["red", "yellow", "blue", "green"])
+def test_score_pixels_agrees_with_score(scorer: ClipScorer, test_policy: LoadedPolicy, colour: str) -> None:
+    images = images_of(colour)
+    reference = scorer.score(images, test_policy)
+    fast = scorer.score_pixels(fast_pixels(scorer, images), test_policy)
+    assert len(fast) == len(reference)
+    for got, want in zip(fast, reference, strict=True):
+        assert list(got.probabilities) == list(want.probabilities)
+        for name, probability in want.probabilities.items():
+            assert got.probabilities[name] == pytest.approx(probability, abs=2e-3)
+        assert got.best_prompt == want.best_prompt
+        assert got.best_prompt_similarity == pytest.approx(want.best_prompt_similarity, abs=2e-3)
+
+
+def test_score_pixels_takes_a_list_an_array_or_a_tensor(scorer: ClipScorer, test_policy: LoadedPolicy) -> None:
+    pixels = fast_pixels(scorer, [make_colour_image(c, (90, 120), seed=3) for c in ("red", "blue", "yellow")])
+    as_list = scorer.score_pixels(pixels, test_policy)
+    as_array = scorer.score_pixels(np.stack(pixels), test_policy)
+    as_tensor = scorer.score_pixels(torch.from_numpy(np.stack(pixels)), test_policy)
+    assert [s.best_prompt for s in as_list] == ["a red picture", "a blue picture", "a yellow picture"]
+    for a, b, c in zip(as_list, as_array, as_tensor, strict=True):
+        assert a.probabilities == pytest.approx(b.probabilities) == c.probabilities
+
+
+def test_score_pixels_empty_and_malformed(scorer: ClipScorer, test_policy: LoadedPolicy) -> None:
+    assert scorer.score_pixels([], test_policy) == []
+    assert scorer.pixel_embeddings([]).shape == (0, 64)
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
+        scorer.score_pixels(np.zeros((2, 32, 32), dtype=np.float32), test_policy)
+    with pytest.raises(ValueError):  # arrays of different sizes cannot be one batch
+        scorer.score_pixels([np.zeros((3, 32, 32), np.float32), np.zeros((3, 16, 16), np.float32)], test_policy)
+
+
+def test_pixel_embeddings_are_normalised_float32_on_cpu(scorer: ClipScorer) -> None:
+    embeddings = scorer.pixel_embeddings(fast_pixels(scorer, [make_colour_image("red"), make_colour_image("blue")]))
+    assert embeddings.shape == (2, 64) and embeddings.dtype == torch.float32 and embeddings.device.type == "cpu"
+    assert torch.allclose(embeddings.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_a_processor_the_fast_path_cannot_reproduce_is_refused_at_load(test_model_dir: Path, tmp_path: Path) -> None:
+    for path in test_model_dir.iterdir():
+        if path.name != "preprocessor_config.json":
+            (tmp_path / path.name).symlink_to(path)
+    config = json.loads((test_model_dir / "preprocessor_config.json").read_text())
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**config, "do_center_crop": False}))
+    with pytest.raises(ConfigurationError, match="do_center_crop is off"):
+        ClipScorer.load(str(tmp_path), device="cpu")
+
+
+# --- int8 on CPU ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_scorer(test_model_dir: Path) -> ClipScorer:
+    return ClipScorer.load(str(test_model_dir), device="cpu", cpu_mode="int8")
+
+
+def quantised(module: torch.nn.Module) -> int:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    return sum(1 for m in module.modules() if isinstance(m, DynamicQuantizedLinear))
+
+
+def test_int8_quantises_the_image_tower_only(int8_scorer: ClipScorer, scorer: ClipScorer) -> None:
+    assert int8_scorer.precision == "int8" and scorer.precision == "fp32"
+    linears = sum(1 for m in scorer.model.vision_model.modules() if isinstance(m, torch.nn.Linear))
+    assert quantised(int8_scorer.model.vision_model) == linears > 0
+    assert quantised(int8_scorer.model.visual_projection) == 1
+    assert quantised(int8_scorer.model.text_model) == 0  # policy text stays exact fp32
+    assert quantised(scorer.model) == 0
+
+
+def int8_corpus(count: int = 240) -> list[bytes]:
+    """Colour pictures of every test colour at varied sizes and aspect ratios, half JPEG, half PNG."""
+    rng = np.random.default_rng(2024)
+    files = []
+    for i in range(count):
+        colour = TEST_MODEL_COLOURS[i % len(TEST_MODEL_COLOURS)]
+        size = (int(rng.integers(24, 640)), int(rng.integers(24, 640)))
+        image = make_colour_image(colour, size, seed=7_000 + i)
+        buffer = io.BytesIO()
+        if i % 2:
+            image.save(buffer, "JPEG", quality=int(rng.integers(50, 95)))
+        else:
+            image.save(buffer, "PNG")
+        files.append(buffer.getvalue())
+    return files
+
+
+def test_int8_gives_the_same_verdicts_as_fp32(
+    int8_scorer: ClipScorer, scorer: ClipScorer, test_policy: LoadedPolicy
+) -> None:
+    files = int8_corpus()
+    pixels = [load_bytes(data, ImageSettings(), scorer.preprocess_spec).pixels for data in files]
+    decisions = {}
+    for name, model in (("fp32", scorer), ("int8", int8_scorer)):
+        batches = [pixels[start : start + 32] for start in range(0, len(pixels), 32)]
+        scores = [score for batch in batches for score in model.score_pixels(batch, test_policy)]
+        decisions[name] = [
+            (d.flagged, d.top_category, d.action)
+            for d in (decide(s.probabilities, test_policy.policy) for s in scores)
+        ]
+    agreement = np.mean([a == b for a, b in zip(decisions["fp32"], decisions["int8"], strict=True)])
+    cosines = (scorer.pixel_embeddings(pixels) * int8_scorer.pixel_embeddings(pixels)).sum(dim=-1)
+    print(
+        f"\nint8 vs fp32 on {len(files)} images: verdict agreement {agreement:.1%}, "
+        f"embedding cosine mean {cosines.mean().item():.5f} min {cosines.min().item():.5f}"
+    )
+    assert agreement >= 0.99
+    assert cosines.min().item() > 0.95
+
+
+def test_cpu_mode_is_validated(test_model_dir: Path) -> None:
+    with pytest.raises(ConfigurationError, match="unknown cpu_mode"):
+        ClipScorer.load(str(test_model_dir), device="cpu", cpu_mode="int4")  # type: ignore[arg-type]
+
+
+def test_load_from_the_model_settings(test_model_dir: Path) -> None:
+    settings = ModelSettings(name_or_path=str(test_model_dir), device="cpu", cpu_mode="int8", compile=False)
+    loaded = ClipScorer.from_settings(settings)
+    assert (loaded.model_id, loaded.precision, loaded.compiled, loaded.gpu_decode) == (
+        str(test_model_dir), "int8", False, False
+    )
+    assert ClipScorer.from_settings(settings, name_or_path=str(test_model_dir)).device == torch.device("cpu")

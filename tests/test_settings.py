@@ -51,7 +51,7 @@ def test_defaults() -> None:
     assert settings.model.name_or_path == "openai/clip-vit-base-patch32"
     assert settings.model.device == "auto"
     assert settings.batching.max_size == 32
-    assert settings.batching.max_wait_ms == 500
+    assert settings.batching.max_wait_ms == 200
     assert settings.policy.path == Path("policies/default.yaml")
     assert settings.images.max_bytes == 20 * 1024 * 1024
     assert settings.images.max_pixels == 64_000_000
@@ -114,7 +114,7 @@ def test_environment_overrides_with_prefix_and_nesting(monkeypatch: pytest.Monke
     assert settings.policy.path == Path("/etc/moderation/policy.yaml")
     # The rest of each group keeps its defaults.
     assert settings.kafka.input_topic == "images.uploaded"
-    assert settings.batching.max_wait_ms == 500
+    assert settings.batching.max_wait_ms == 200
     assert settings.images.allow_file is True
 
 

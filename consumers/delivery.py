@@ -1,0 +1,98 @@
+"""Delivering a scored batch: persist verdicts, publish review and dead-letter messages, flush.
+
+These are steps 1-3 of the delivery guarantee; step 4, the offset commit, belongs to the consumer's own
+thread (`Worker`), because a kafka-python consumer must only be used from one thread. Each step starts
+only when the one before succeeded, so a crash anywhere leaves the batch uncommitted and redelivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from kafka import KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from consumers.messages import OutgoingMessage, dead_letter_message, review_message
+from moderation.exceptions import EventError
+from moderation.settings import KafkaSettings
+from moderation.storage import VerdictStore
+from moderation.verdict import Verdict, VerdictStatus
+
+log = structlog.get_logger("moderation.delivery")
+
+# The steps, in order; `on_step` hears each one (tests and metrics hook in here).
+STEP_PERSISTED = "persisted"
+STEP_FLUSHED = "flushed"
+STEP_COMMITTED = "committed"
+
+SEND_TIMEOUT_S = 60.0
+COUNTERS = ("records", "verdicts", "flagged", "errors", "dead_lettered")
+
+
+@dataclass
+class BatchResult:
+    records: int = 0
+    verdicts: int = 0
+    flagged: int = 0
+    errors: int = 0
+    dead_lettered: int = 0
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def add(self, other: BatchResult) -> None:
+        for name in COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in COUNTERS}
+
+
+StepHook = Callable[[str, BatchResult], None]
+
+
+def dead_letter_for(record: ConsumerRecord, error: EventError, topic: str) -> OutgoingMessage:
+    """The dead-letter copy of a record that breaks the event contract."""
+    log.warning(
+        "event dead-lettered", reason=error.reason, detail=error.detail[:300],
+        topic=record.topic, partition=record.partition, offset=record.offset,
+    )
+    return dead_letter_message(
+        topic, key=record.key, value=record.value, headers=list(record.headers or []),
+        reason=error.reason, detail=error.detail, source_topic=record.topic,
+        partition=record.partition, offset=record.offset,
+    )
+
+
+class Delivery:
+    def __init__(
+        self, *, store: VerdictStore, producer: KafkaProducer, kafka: KafkaSettings, on_step: StepHook
+    ) -> None:
+        self.store = store
+        self.producer = producer
+        self.review_topic = kafka.review_topic
+        self.on_step = on_step
+
+    def deliver(
+        self, verdicts: Sequence[Verdict], dead_letters: Sequence[OutgoingMessage], result: BatchResult
+    ) -> None:
+        # Step 1: write every verdict in one database transaction (idempotent on event_id). What comes
+        # back is what is stored: for a redelivered event, the row written the first time. Repeats of
+        # one event id inside the batch come back as the same stored verdict: act on it once.
+        stored = list({v.event_id: v for v in self.store.save_batch(verdicts)}.values())
+        result.verdicts = len(stored)
+        result.flagged = sum(v.flagged for v in stored)
+        result.errors = sum(v.status is VerdictStatus.ERROR for v in stored)
+        result.dead_lettered = len(dead_letters)
+        self.on_step(STEP_PERSISTED, result)
+
+        # Step 2: publish flagged verdicts to the review topic and bad events to the dead-letter topic.
+        outgoing = [review_message(self.review_topic, v) for v in stored if v.flagged] + list(dead_letters)
+        futures = [self.producer.send(m.topic, key=m.key, value=m.value, headers=m.headers) for m in outgoing]
+
+        # Step 3: flush the producer and check every send was acknowledged (raises if one failed).
+        self.producer.flush(timeout=SEND_TIMEOUT_S)
+        for future in futures:
+            future.get(timeout=SEND_TIMEOUT_S)
+        self.on_step(STEP_FLUSHED, result)
+        # Step 4, committing result.offsets, happens on the consumer's thread (Worker._commit_finished).

@@ -1,0 +1,166 @@
+"""The pipelined worker on the real broker and SQLite: back-pressure, delivery retries, rebalances."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumers.delivery import STEP_PERSISTED, BatchResult
+from consumers.messages import header
+from consumers.producer import file_event
+from moderation.moderator import Moderator
+from moderation.policy import load_policy
+from moderation.storage import StorageError, VerdictStore, create_engine_for, upgrade
+from moderation.testmodel import make_colour_image
+from moderation.verdict import Verdict
+from tests.fixtures_kafka import POLICY, PipelineEnv, all_committed, committed_total, new_worker, run_worker_until
+
+pytestmark = pytest.mark.kafka
+
+
+def colour_events(directory: Path, count: int) -> list[dict[str, Any]]:
+    directory.mkdir(parents=True, exist_ok=True)
+    events = []
+    for i in range(count):
+        colour = ("red", "blue", "yellow", "green")[i % 4]
+        path = directory / f"{i:03d}-{colour}.png"
+        make_colour_image(colour, (96, 72), seed=i).save(path, "PNG")
+        events.append(file_event(path, source="pipeline-test", content_id=path.stem))
+    return events
+
+
+def migrated_store(url: str) -> VerdictStore:
+    upgrade(url)
+    return VerdictStore(create_engine_for(url))
+
+
+def close(*workers: Any) -> None:
+    for worker in workers:
+        worker.consumer.close(autocommit=False)
+        worker.producer.close(timeout=5)
+
+
+def test_a_full_pipeline_pauses_partitions_and_loses_nothing(
+    pipeline_env: Any, sqlite_url: str, scorer: Any, tmp_path: Path
+) -> None:
+    env: PipelineEnv = pipeline_env(sqlite_url, max_size=2, max_wait_ms=20)
+    env.settings = env.settings.model_copy(
+        update={"batching": env.settings.batching.model_copy(update={"max_batches_in_flight": 1})}
+    )
+    produced = env.produce(colour_events(tmp_path / "images", 24))
+    store = migrated_store(sqlite_url)
+    moderator = Moderator(scorer, load_policy(POLICY), env.settings.images)
+    in_flight_seen: list[int] = []
+
+    def slow_delivery(step: str, result: BatchResult) -> None:
+        if step == STEP_PERSISTED:
+            in_flight_seen.append(worker._in_flight)  # read-only peek from the delivery thread
+            time.sleep(0.1)  # a slow database: the pipeline must fill up and push back
+
+    worker = new_worker(env, moderator, store, on_step=slow_delivery)
+    try:
+        run_worker_until(worker, all_committed(env.settings, produced))
+    finally:
+        close(worker)
+        moderator.close()
+    assert store.count() == produced
+    assert worker.pauses > 0  # back-pressure engaged instead of buffering without bound
+    assert max(in_flight_seen) <= 2  # the limit, plus at most the batch being assembled when it was reached
+
+
+class FlakyStore(VerdictStore):
+    """A real store whose first saves fail as if the database were briefly unreachable."""
+
+    def __init__(self, inner: VerdictStore, failures: int) -> None:
+        super().__init__(inner.engine)
+        self.failures = failures
+        self.attempts = 0
+
+    def save_batch(self, verdicts: Sequence[Verdict]) -> list[Verdict]:
+        self.attempts += 1
+        if self.failures:
+            self.failures -= 1
+            raise StorageError("database unreachable (injected)")
+        return super().save_batch(verdicts)
+
+
+def test_delivery_retries_a_batch_the_database_refused(
+    pipeline_env: Any, sqlite_url: str, scorer: Any, tmp_path: Path
+) -> None:
+    env: PipelineEnv = pipeline_env(sqlite_url, max_size=4, max_wait_ms=50)
+    produced = env.produce(colour_events(tmp_path / "images", 8))
+    store = FlakyStore(migrated_store(sqlite_url), failures=3)
+    moderator = Moderator(scorer, load_policy(POLICY), env.settings.images)
+    committed_while_failing: list[int] = []
+    worker = new_worker(env, moderator, store)
+    try:
+        stop_watch = threading.Event()
+
+        def watch() -> None:  # offsets must not move while the database refuses the batch
+            while not stop_watch.is_set() and store.failures:
+                committed_while_failing.append(committed_total(env.settings))
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        run_worker_until(worker, all_committed(env.settings, produced))
+        stop_watch.set()
+        watcher.join(5)
+    finally:
+        close(worker)
+        moderator.close()
+    assert store.attempts >= 3 + 2  # three refusals, then every batch saved
+    assert set(committed_while_failing) <= {0}
+    assert store.count() == produced
+    assert len(env.read(env.settings.kafka.review_topic)) == produced // 2  # red and yellow, once each
+
+
+def test_a_member_joining_mid_stream_takes_over_without_duplicates(
+    pipeline_env: Any, sqlite_url: str, scorer: Any, tmp_path: Path
+) -> None:
+    env: PipelineEnv = pipeline_env(sqlite_url, max_size=2, max_wait_ms=20)
+    produced = env.produce(colour_events(tmp_path / "images", 48))
+    store = migrated_store(sqlite_url)
+    moderator = Moderator(scorer, load_policy(POLICY), env.settings.images)
+
+    def slow(step: str, result: BatchResult) -> None:
+        if step == STEP_PERSISTED:
+            time.sleep(0.05)  # keep batches in flight when the rebalance starts
+
+    first = new_worker(env, moderator, store, on_step=slow)
+    second = new_worker(env, moderator, store, on_step=slow)
+    stop_first = threading.Event()
+    errors: list[BaseException] = []
+
+    def run_first() -> None:
+        try:
+            first.run(stop_first)
+        except BaseException as exc:
+            errors.append(exc)
+
+    runner = threading.Thread(target=run_first, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while store.count() < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.count() < produced, "the first member finished before the second could join"
+        run_worker_until(second, all_committed(env.settings, produced), timeout_s=120)
+    finally:
+        stop_first.set()
+        runner.join(60)
+        close(first, second)
+        moderator.close()
+    assert not errors
+    assert store.count() == produced
+    assert first.totals.verdicts > 0 and second.totals.verdicts > 0  # both members did work
+    review = Counter(header(r.headers, "event_id") for r in env.read(env.settings.kafka.review_topic))
+    assert len(review) == produced // 2
+    # Revocation waits for the batches in flight and commits them, so nothing is delivered twice.
+    assert set(review.values()) == {1}
