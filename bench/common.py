@@ -67,6 +67,26 @@ def current_rss_mb(pid: int | None = None) -> float:
     return float("nan")
 
 
+def cpu_seconds(pids: Sequence[int | None] = ()) -> float:
+    """CPU time (user + system) used so far by this process, all threads, plus the given other processes.
+
+    On a shared 2-core machine wall-clock rates swing with the neighbours' load; CPU time per image
+    barely does, so it says what a measure costs when the machine is not the limit.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    total = usage.ru_utime + usage.ru_stime
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        if not pid:
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on: they mean little without it."""
     import torch

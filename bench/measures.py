@@ -101,6 +101,28 @@ def moderate_rep(moderator: Any, events: Sequence[Any], batch: int) -> float:
     return len(events) / elapsed
 
 
+def loading_rep(moderator: Any, events: Sequence[Any]) -> float:
+    """(l) what a loader thread does per image, alone, on one thread: read + decode + preprocess.
+
+    `moderation.images.load_image` with the scorer's `PreprocessSpec` when this checkout has one (JPEG
+    draft decode + one resize + normalise, as the worker's loader threads run it), else the plain decode.
+    Its cost per image is what the pipeline spends outside the forward, image by image.
+    """
+    import inspect
+
+    from moderation.images import load_image
+
+    spec = getattr(moderator.scorer, "preprocess_spec", None)
+    with_spec = spec is not None and "spec" in inspect.signature(load_image).parameters
+    started = time.perf_counter()
+    for event in events:
+        if with_spec:
+            load_image(event, moderator.limits, spec)
+        else:
+            load_image(event, moderator.limits)
+    return len(events) / (time.perf_counter() - started)
+
+
 def pixel_batch(model_dir: Path, paths: Sequence[Path], batch: int) -> torch.Tensor:
     """A prebuilt [batch, 3, 224, 224] tensor from the checkpoint's own image processor (content is irrelevant)."""
     from transformers import AutoImageProcessor

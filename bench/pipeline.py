@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common import bench_settings, percentile, say
+from common import bench_settings, cpu_seconds, percentile, say
 
 WATCH_INTERVAL_S = 0.025
 COMMIT_POLL_S = 0.05
@@ -43,12 +43,13 @@ COMMIT_POLL_S = 0.05
 class RowWatcher(threading.Thread):
     """Polls the verdicts table and records, per event id, when its row was first seen (epoch seconds)."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, broker_pid: int | None = None) -> None:
         super().__init__(name="row-watcher", daemon=True)
         self.database = database
+        self.broker_pid = broker_pid
         self.seen: dict[str, float] = {}
         self.created_at: dict[str, str] = {}
-        self.sightings: list[tuple[float, int]] = []  # (time, rows visible then) on each change
+        self.sightings: list[tuple[float, int, float]] = []  # (time, rows visible, CPU s) on each change
         self.flagged = 0
         self.errors = 0
         self._stop_event = threading.Event()
@@ -74,7 +75,7 @@ class RowWatcher(threading.Thread):
                 self.flagged += int(bool(flagged))
                 self.errors += int(status != "ok")
             if rows:
-                self.sightings.append((now, len(self.seen)))
+                self.sightings.append((now, len(self.seen), cpu_seconds([self.broker_pid])))
             self._stop_event.wait(WATCH_INTERVAL_S)
         if connection is not None:
             connection.close()
@@ -168,7 +169,8 @@ def _wait(condition: Any, timeout_s: float, worker: WorkerThread, what: str, int
 
 
 def throughput_rep(
-    *, bootstrap: str, moderator: Any, model: str, paths: Sequence[Path], batch: int, workdir: Path, window: int
+    *, bootstrap: str, moderator: Any, model: str, paths: Sequence[Path], batch: int, workdir: Path, window: int,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """(d) one rep: fresh topics, group and DB; produce `window` + 2 x `batch` events (cycling over
     `paths`), run the worker until every one has a verdict row and its offset is committed."""
@@ -183,7 +185,7 @@ def throughput_rep(
     finally:
         producer.close(timeout=10)
 
-    watcher = RowWatcher(database)
+    watcher = RowWatcher(database, broker_pid)
     watcher.start()
     commits = CommitWatcher(settings)
     worker = WorkerThread(settings, moderator)
@@ -197,8 +199,8 @@ def throughput_rep(
         worker.finish()
         commits.close()
         watcher.stop()
-    first_at, first_rows = watcher.sightings[0]
-    end_at, end_rows = next((t, rows) for t, rows in watcher.sightings if rows >= window)
+    first_at, first_rows, first_cpu = watcher.sightings[0]
+    end_at, end_rows, end_cpu = next(s for s in watcher.sightings if s[1] >= window)
     review = read_topic(settings, settings.kafka.review_topic, idle_s=1.0, timeout_s=15 if watcher.flagged else 3)
     span = end_at - first_at
     rate = (end_rows - first_rows) / span if span > 0 and end_rows > first_rows else float("nan")
@@ -209,6 +211,10 @@ def throughput_rep(
         "first_batch_rows": first_rows,
         "join_and_first_batch_s": round(first_at - started, 3),
         "window_s": round(span, 3),
+        # this process (worker, watcher) + the broker; with the watcher's own polling included
+        "cores_busy": round((end_cpu - first_cpu) / span, 2) if span > 0 else None,
+        "core_ms_per_img": round((end_cpu - first_cpu) * 1000 / (end_rows - first_rows), 1)
+        if end_rows > first_rows else None,
         "drain_s": round(committed_at - end_at, 3),
         "wall_incl_join_s": round(committed_at - started, 3),
         "flagged_rows": watcher.flagged,

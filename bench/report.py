@@ -13,7 +13,9 @@ ROWS: list[tuple[str, str]] = [
     ("d", "(d) whole pipeline: Kafka -> worker -> SQLite + review topic"),
     ("e", "(e) model forward only, fp32, prebuilt batch"),
     ("e8", "(e') model forward only, int8"),
+    ("l", "(l) image loading alone, 1 thread: read + decode + preprocess"),
     ("ratio:d/e", "(d)/(e) pipeline vs model ceiling"),
+    ("ratio:d/e_by_cpu", "(d)/(e) by CPU time: (e) core-ms/img over (d) core-ms/img"),
     ("ratio:c/e", "(c)/(e) scorer vs model ceiling"),
     ("ratio:d/a", "(d)/(a) vs README loop"),
     ("ratio:d/b", "(d)/(b) vs HF pipeline"),
@@ -44,6 +46,13 @@ def render_table(results: dict[str, Any]) -> str:
         if all(c == "-" for c in cells):
             continue
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for key in ("c", "d", "e", "l"):
+        cells = []
+        for s in sizes:
+            m = s.get("core_ms_per_img", {}).get(key, {})
+            cells.append(f"{m['median']:.0f}" if m.get("median") else "-")
+        if any(c != "-" for c in cells):
+            lines.append(f"| ({key}) CPU cost, core-ms per image (median) | " + " | ".join(cells) + " |")
     review = []
     for s in sizes:
         reps = s.get("pipeline_reps", [])

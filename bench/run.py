@@ -27,6 +27,7 @@ from common import (
     CACHE,
     RESULTS,
     bench_settings,
+    cpu_seconds,
     current_rss_mb,
     ensure_images,
     machine_info,
@@ -46,6 +47,7 @@ from measures import (
     file_events,
     forward_rep,
     forwards_per_rep,
+    loading_rep,
     moderate_rep,
     pixel_batch,
 )
@@ -63,6 +65,7 @@ class Context:
     readme: ReadmeLoop
     zero_shot: ZeroShotPipeline
     workdir: Path
+    broker_pid: int | None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -111,13 +114,23 @@ def _int8_moderator(model: str, bootstrap: str, workdir: Path, batch: int) -> tu
 
 
 def _guarded(results: dict[str, Any], key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run one rep of one measure; a failure is recorded (with its message) instead of ending the run."""
+    """Run one rep of one measure; a failure is recorded (with its message) instead of ending the run.
+
+    For img/s measures it also records the CPU cores the process kept busy meanwhile and so the
+    core-milliseconds per image: the load-independent cost of that measure on this machine.
+    """
+    cpu, wall = cpu_seconds(), time.perf_counter()
     try:
         value = fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - a broken measure must not hide the others
         say(f"  {key} FAILED: {type(exc).__name__}: {exc}")
         results.setdefault("failures", {}).setdefault(key, []).append(f"{type(exc).__name__}: {exc}")
         return None
+    if isinstance(value, float) and value > 0:
+        cores = (cpu_seconds() - cpu) / (time.perf_counter() - wall)
+        results.setdefault("cpu", {}).setdefault(key, []).append(
+            {"cores_busy": round(cores, 2), "core_ms_per_img": round(cores * 1000 / value, 1)}
+        )
     return value
 
 
@@ -155,6 +168,7 @@ def measure_size(ctx: Context, size: tuple[int, int]) -> dict[str, Any]:
             ("b", ctx.zero_shot.rep, (pipeline_paths,)),
             ("c", moderate_rep, (ctx.moderator, events, args.batch)),
             ("e", forward_rep, (ctx.moderator.scorer.model, pixels, forwards)),
+            ("l", loading_rep, (ctx.moderator, events)),
         ]
         if ctx.moderator_int8 is not None:
             steps.append(("c8", moderate_rep, (ctx.moderator_int8, events, args.batch)))
@@ -167,8 +181,13 @@ def measure_size(ctx: Context, size: tuple[int, int]) -> dict[str, Any]:
         detail = _guarded(out, "d", _pipeline_rep, ctx, paths)
         if detail is not None:
             pipeline_details.append(detail)
-            if math.isnan(detail["img_per_s"]):
-                out.setdefault("failures", {}).setdefault("d", []).append("every event fell in the first batch")
+            if detail.get("core_ms_per_img"):
+                out.setdefault("cpu", {}).setdefault("d", []).append(
+                    {"cores_busy": detail["cores_busy"], "core_ms_per_img": detail["core_ms_per_img"]}
+                )
+            if math.isnan(detail["img_per_s"]) or detail["error_rows"]:
+                why = f"{detail['error_rows']} error verdicts" if detail["error_rows"] else "no rows after the first"
+                out.setdefault("failures", {}).setdefault("d", []).append(why)
             else:
                 reps["d"].append(detail["img_per_s"])
             say(
@@ -180,8 +199,12 @@ def measure_size(ctx: Context, size: tuple[int, int]) -> dict[str, Any]:
     out["loadavg_after"] = os.getloadavg()
     out["loadavg_1min_per_rep"] = loads
     out["measures"] = {key: summarise(values) for key, values in reps.items()}
+    out["core_ms_per_img"] = {
+        key: summarise([r["core_ms_per_img"] for r in rows]) for key, rows in out.get("cpu", {}).items()
+    }
     out["pipeline_reps"] = pipeline_details
     out["ratios"] = _ratios(out["measures"])
+    out["ratios"]["d/e_by_cpu"] = _cpu_ratio(out)
     out["peak_rss_mb_so_far"] = peak_rss_mb()
     return out
 
@@ -192,6 +215,7 @@ def _pipeline_rep(ctx: Context, paths: list[Path]) -> dict[str, Any]:
     return throughput_rep(
         bootstrap=ctx.bootstrap, moderator=KeepOpen(ctx.moderator), model=str(ctx.model_dir),
         paths=paths, batch=ctx.args.batch, workdir=ctx.workdir, window=max(len(paths), 3 * ctx.args.batch),
+        broker_pid=ctx.broker_pid,
     )
 
 
@@ -204,6 +228,13 @@ def _ratios(measures: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "d/e": ratio("d", "e"), "d/a": ratio("d", "a"), "d/b": ratio("d", "b"),
         "c/e": ratio("c", "e"), "e8/e": ratio("e8", "e"), "c8/c": ratio("c8", "c"),
     }
+
+
+def _cpu_ratio(out: dict[str, Any]) -> float | None:
+    """(e)'s core-ms per image over (d)'s: what (d)/(e) would be if both had the same cores to themselves."""
+    d = out.get("core_ms_per_img", {}).get("d", {}).get("median")
+    e = out.get("core_ms_per_img", {}).get("e", {}).get("median")
+    return round(e / d, 3) if d and e else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"int8: {results['int8']}")
             readme = ReadmeLoop(model_dir, prompts)
             ctx = Context(args, model_dir, broker.bootstrap_servers, moderator, moderator_int8, readme,
-                          ZeroShotPipeline(readme, labels, batch_size=32), workdir)
+                          ZeroShotPipeline(readme, labels, batch_size=32), workdir, broker.pid)
             results["sizes"] = {}
             for size in args.sizes:
                 measured = measure_size(ctx, size)

@@ -25,13 +25,14 @@ log = structlog.get_logger("moderation.service")
 def build_moderator(settings: Settings, model: str | None = None) -> Moderator:
     """Load the policy first (cheap, and the likelier mistake), then the model, then warm the text side."""
     policy = load_policy(settings.policy.path)
-    scorer = ClipScorer.load(model or settings.model.name_or_path, settings.model.device)
+    scorer = ClipScorer.from_settings(settings.model, model)
     scorer.policy_embeddings(policy)
     log.info(
-        "model and policy loaded", model=scorer.model_id, device=str(scorer.device),
+        "model and policy loaded", model=scorer.model_id, device=str(scorer.device), precision=scorer.precision,
         policy=policy.path, policy_version=policy.version, policy_hash=policy.sha256[:12],
     )
-    return Moderator(scorer, policy, settings.images, loader_threads=min(8, (os.cpu_count() or 2) * 2))
+    threads = settings.batching.loader_threads or 2 * (os.cpu_count() or 1)
+    return Moderator(scorer, policy, settings.images, loader_threads=threads)
 
 
 def open_store(settings: Settings) -> VerdictStore:

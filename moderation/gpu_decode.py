@@ -121,6 +121,14 @@ def pixels_from_uint8(image: torch.Tensor, spec: PreprocessSpec, orientation: in
         antialias = mode in ("bilinear", "bicubic")  # PIL always filters over the whole footprint
         batch = F.interpolate(batch, size=(resized_h, resized_w), mode=mode, antialias=antialias, align_corners=None)
     crop = batch[0, :, top : top + crop_h, left : left + crop_w].clamp(0, 255).round()
-    std = torch.tensor(spec.std, device=crop.device, dtype=torch.float32).view(3, 1, 1)
-    mean = torch.tensor(spec.mean, device=crop.device, dtype=torch.float32).view(3, 1, 1)
-    return (crop * spec.rescale_factor - mean) / std
+    scale, shift = _affine(spec, crop.device)
+    return torch.addcmul(-shift, crop, scale)  # crop * rescale / std - mean / std
+
+
+@functools.lru_cache(maxsize=8)
+def _affine(spec: PreprocessSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel scale and shift of the normalisation, made once per device (not a copy per image)."""
+    std = torch.tensor(spec.std, dtype=torch.float64)
+    scale = (spec.rescale_factor / std).float().view(3, 1, 1)
+    shift = (torch.tensor(spec.mean, dtype=torch.float64) / std).float().view(3, 1, 1)
+    return scale.to(device), shift.to(device)

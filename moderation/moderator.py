@@ -28,6 +28,7 @@ from moderation.settings import ImageSettings
 from moderation.verdict import Verdict, VerdictStatus
 
 REASON_SCORE_FAILED = "score_failed"
+REASON_LOAD_FAILED = "load_failed"  # an unexpected error while loading, not one of images.py's reasons
 
 
 class Scores(Protocol):
@@ -93,6 +94,8 @@ class Moderator:
             )
         except ImageLoadError as exc:
             return LoadFailure(exc.reason, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on one crafted file must not stop the worker
+            return LoadFailure(REASON_LOAD_FAILED, f"{type(exc).__name__}: {exc}")
 
     def load(self, events: Sequence[ImageEvent]) -> LoadedBatch:
         """`load_one` for every event on the loader pool, results in event order."""
@@ -145,7 +148,7 @@ class Moderator:
         if use_pixels:
             return scorer.score_pixels([item.pixels for item in items], policy)
         if any(item.image is None for item in items):
-            raise ValueError("an image was left undecoded for a scorer that cannot take model inputs")
+            raise ValueError("loaded as model inputs (or left undecoded) for a scorer that takes only images")
         return scorer.score([item.image for item in items], policy)
 
     def _score_alone(

@@ -230,3 +230,20 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path, test_model_dir: Path) 
     assert "test model" in result.stderr.lower()
     assert "one per flagged verdict" in result.stdout
     assert "11/11 events have a verdict; 4 flagged, 4 review messages" in result.stdout
+
+
+def test_build_moderator_applies_the_model_settings(test_model_dir: Path) -> None:
+    from consumers.service import build_moderator
+    from moderation.settings import Settings
+
+    settings = Settings(
+        model={"name_or_path": str(test_model_dir), "device": "cpu", "cpu_mode": "int8"},
+        policy={"path": POLICY},
+        batching={"loader_threads": 3},
+    )
+    moderator = build_moderator(settings)
+    try:
+        assert moderator.scorer.precision == "int8"  # type: ignore[attr-defined]
+        assert moderator._pool._max_workers == 3
+    finally:
+        moderator.close()

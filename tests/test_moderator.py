@@ -427,15 +427,18 @@ def test_a_pixel_batch_the_scorer_rejects_is_scored_image_by_image() -> None:
     assert verdicts[1].error_detail == "RuntimeError: magenta breaks the model"
 
 
-def test_swapping_to_a_scorer_without_pixels_uses_the_images() -> None:
+def test_model_inputs_for_a_scorer_that_cannot_take_them_are_score_errors() -> None:
+    # Only if the scorer is swapped between loading and scoring a batch: each event errs, none is lost.
     moderator = Moderator(PixelScorer(), POLICY, ImageSettings(), loader_threads=1)
     try:
-        batch = moderator.load([inline("yellow", "a")])
+        batch = moderator.load([inline("yellow", "a"), bad_bytes("b")])
         moderator.scorer = plain = FakeScorer()
-        [verdict] = moderator.score(batch)
+        verdicts = moderator.score(batch)
     finally:
         moderator.close()
-    assert plain.calls == [["yellow"]] and verdict.top_category == "yellow"
+    assert plain.calls == []
+    assert [v.error_reason for v in verdicts] == [REASON_SCORE_FAILED, REASON_NOT_AN_IMAGE]
+    assert "takes only images" in (verdicts[0].error_detail or "")
 
 
 # --- JPEGs left for a GPU decode --------------------------------------------------------------------
@@ -541,3 +544,23 @@ def test_the_clip_scorer_is_fed_preprocessed_pixels(
     assert [(v.top_category, v.action) for v in verdicts] == [
         ("red", "review"), ("yellow", "block"), ("safe", "allow"), ("safe", "allow")
     ]
+
+
+def test_an_unexpected_loader_error_is_that_events_error_verdict(
+    moderator: Moderator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import moderation.moderator as module
+
+    real_load = module.load_image
+
+    def flaky_load(event: ImageEvent, *args: object, **kwargs: object) -> LoadedImage:
+        if event.event_id == "poison":
+            raise MemoryError("decoder exploded")  # not an ImageLoadError: a decoder bug, say
+        return real_load(event, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "load_image", flaky_load)
+    verdicts = by_id(moderator.moderate([inline("red", "poison"), inline("blue", "fine")]))
+    assert verdicts["poison"].status is VerdictStatus.ERROR
+    assert verdicts["poison"].error_reason == module.REASON_LOAD_FAILED
+    assert "MemoryError: decoder exploded" in (verdicts["poison"].error_detail or "")
+    assert verdicts["fine"].status is VerdictStatus.OK

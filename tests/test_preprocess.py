@@ -241,6 +241,14 @@ def test_without_a_draft_the_pixels_match_the_processor_within_two_grey_levels()
         assert difference.mean() < 0.5, size
 
 
+@pytest.mark.parametrize("size", [(2045, 2045), (1, 1), (1, 5000), (5000, 1), (4093, 1351)])
+def test_crops_reaching_the_far_edge_stay_inside_the_picture(size: tuple[int, int]) -> None:
+    spec = PreprocessSpec.from_processor(real_style_processor())
+    left, top, right, bottom = spec.crop_box(*size)
+    assert 0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]
+    assert to_pixels(Image.new("RGB", size, (10, 200, 30)), spec).shape == (3, 224, 224)
+
+
 def test_real_config_pixels_through_decode_and_draft(files: dict[str, bytes]) -> None:
     reference, fast = reference_and_fast(real_style_processor(), files)
     report("224 px real config", list(files), reference, fast)

@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "machine": machine_info(), "gpu": gpu_info(device), "dry_run": args.dry_run, "images": len(datas),
         "size": args.size, "mean_jpeg_kb": round(sum(map(len, datas)) / len(datas) / 1024, 1),
-        "loader_threads": threads, "budget_s": args.budget_s, "archs": {}, "skipped": budget.skipped,
+        "loader_threads": threads, "moderation_from": sys.modules["moderation"].__file__,
+        "budget_s": args.budget_s, "archs": {}, "skipped": budget.skipped,
     }
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as workdir:
         for arch in args.arch_list:

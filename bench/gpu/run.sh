@@ -48,5 +48,6 @@ echo "installing moderation${MISSING[*]:+ and missing: ${MISSING[*]}} into $SITE
 "$PY" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --find-links "$WHEELS" \
   --target "$SITE" moderation $(printf '%s\n' "${MISSING[@]:-}" | sort -u)
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import moderation, moderation.scorer; print('moderation from', moderation.__file__)"
+# From / so that the checkout in the working directory does not shadow the installed wheel.
+(cd / && "$PY" -c "import moderation, moderation.scorer; print('moderation from', moderation.__file__)")
 exec "$PY" bench/gpu/gpu_bench.py "$@"
