@@ -85,7 +85,9 @@ class Worker:
         self._to_score: queue.Queue[object] = queue.Queue()
         self._to_deliver: queue.Queue[object] = queue.Queue()
         self._delivered: queue.Queue[tuple[Batch, BatchResult]] = queue.Queue()
-        self._in_flight = 0  # batches dispatched and not yet committed; only this thread changes it
+        # Batches dispatched and not yet committed. Changed by this thread, or by `revoke` on the network
+        # thread while this one waits inside poll(): never by both at once.
+        self._in_flight = 0
         self._paused = False
         self.pauses = 0  # how often back-pressure paused the partitions (for metrics and tests)
         self._abandon = threading.Event()  # set on a fatal error: stages stop retrying and drop work
