@@ -125,13 +125,15 @@ def test_a_member_joining_mid_stream_takes_over_without_duplicates(
     pipeline_env: Any, sqlite_url: str, scorer: Any, tmp_path: Path
 ) -> None:
     env: PipelineEnv = pipeline_env(sqlite_url, max_size=2, max_wait_ms=20)
-    produced = env.produce(colour_events(tmp_path / "images", 48))
+    produced = env.produce(colour_events(tmp_path / "images", 96))
     store = migrated_store(sqlite_url)
     moderator = Moderator(scorer, load_policy(POLICY), env.settings.images)
 
     def slow(step: str, result: BatchResult) -> None:
         if step == STEP_PERSISTED:
-            time.sleep(0.05)  # keep batches in flight when the rebalance starts
+            # ~5 s of work for one member: the second one (its join takes ~1 s) arrives mid-stream,
+            # with batches in flight when the rebalance starts.
+            time.sleep(0.1)
 
     first = new_worker(env, moderator, store, on_step=slow)
     second = new_worker(env, moderator, store, on_step=slow)
@@ -152,6 +154,7 @@ def test_a_member_joining_mid_stream_takes_over_without_duplicates(
             time.sleep(0.05)
         assert store.count() < produced, "the first member finished before the second could join"
         run_worker_until(second, all_committed(env.settings, produced), timeout_s=120)
+        shared = (first.consumer.assignment(), second.consumer.assignment())
     finally:
         stop_first.set()
         runner.join(60)
@@ -159,6 +162,7 @@ def test_a_member_joining_mid_stream_takes_over_without_duplicates(
         moderator.close()
     assert not errors
     assert store.count() == produced
+    assert all(shared), shared  # the partitions were split between the two members
     assert first.totals.verdicts > 0 and second.totals.verdicts > 0  # both members did work
     review = Counter(header(r.headers, "event_id") for r in env.read(env.settings.kafka.review_topic))
     assert len(review) == produced // 2
