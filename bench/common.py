@@ -209,6 +209,7 @@ def bench_settings(
         model={"name_or_path": model, "device": "cpu", **model_extra},
         policy={"path": policy},
         batching={"max_size": batch},
+        ops={"host": "127.0.0.1", "port": 0},  # a free port: never clash with a worker on this host
     )
 
 

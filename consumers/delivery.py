@@ -7,6 +7,7 @@ only when the one before succeeded, so a crash anywhere leaves the batch uncommi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,9 @@ class BatchResult:
     errors: int = 0
     dead_lettered: int = 0
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    stored: list[Verdict] = field(default_factory=list)  # the verdicts as stored, one per event id
+    persist_s: float = 0.0
+    publish_s: float = 0.0  # sending and flushing
 
     def add(self, other: BatchResult) -> None:
         for name in COUNTERS:
@@ -79,13 +83,17 @@ class Delivery:
         # Step 1: write every verdict in one database transaction (idempotent on event_id). What comes
         # back is what is stored: for a redelivered event, the row written the first time. Repeats of
         # one event id inside the batch come back as the same stored verdict: act on it once.
+        started = time.perf_counter()
         stored = list({v.event_id: v for v in self.store.save_batch(verdicts)}.values())
+        result.persist_s = time.perf_counter() - started
+        result.stored = stored
         result.verdicts = len(stored)
         result.flagged = sum(v.flagged for v in stored)
         result.errors = sum(v.status is VerdictStatus.ERROR for v in stored)
         result.dead_lettered = len(dead_letters)
         self.on_step(STEP_PERSISTED, result)
 
+        started = time.perf_counter()
         # Step 2: publish flagged verdicts to the review topic and bad events to the dead-letter topic.
         outgoing = [review_message(self.review_topic, v) for v in stored if v.flagged] + list(dead_letters)
         futures = [self.producer.send(m.topic, key=m.key, value=m.value, headers=m.headers) for m in outgoing]
@@ -94,5 +102,6 @@ class Delivery:
         self.producer.flush(timeout=SEND_TIMEOUT_S)
         for future in futures:
             future.get(timeout=SEND_TIMEOUT_S)
+        result.publish_s = time.perf_counter() - started
         self.on_step(STEP_FLUSHED, result)
         # Step 4, committing result.offsets, happens on the consumer's thread (Worker._commit_finished).

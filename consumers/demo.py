@@ -55,6 +55,7 @@ def _demo_settings(settings: Settings, data_dir: Path, policy: Path) -> Settings
         "data_dir": data_dir,
         "policy": settings.policy.model_copy(update={"path": policy}),
         "batching": settings.batching.model_copy(update={"max_size": 4, "max_wait_ms": 300}),
+        "ops": settings.ops.model_copy(update={"host": "127.0.0.1", "port": 0}),  # never clash with a real worker
     }
     return settings.model_copy(update=updates)
 

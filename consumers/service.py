@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from types import FrameType
 
 import structlog
 
 from consumers.clients import make_consumer, make_producer
+from consumers.metrics import WorkerMetrics
+from consumers.ops import CachedCheck, OpsServer
 from consumers.worker import BatchResult, Worker
 from moderation.exceptions import ConfigurationError
 from moderation.moderator import Moderator
@@ -55,6 +58,8 @@ def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator |
     consumer = make_consumer(settings)
     producer = make_producer(settings)
     worker = Worker(consumer=consumer, producer=producer, moderator=moderator, store=store, settings=settings)
+    describe(worker.metrics, moderator)
+    ops = start_ops_server(settings, worker, store) if settings.ops.enabled else None
     try:
         worker.run(stop)
     finally:
@@ -63,7 +68,49 @@ def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator |
         producer.close(timeout=10)
         moderator.close()
         store.engine.dispose()
+        if ops is not None:
+            ops.stop()
     return worker.totals
+
+
+def describe(metrics: WorkerMetrics, moderator: Moderator) -> None:
+    scorer = moderator.scorer
+    metrics.model.info({
+        "model": scorer.model_id,
+        "device": str(getattr(scorer, "device", "")),
+        "precision": str(getattr(scorer, "precision", "")),
+    })
+    metrics.policy.info({"version": moderator.policy.version, "sha256": moderator.policy.sha256})
+
+
+def start_ops_server(settings: Settings, worker: Worker, store: VerdictStore) -> OpsServer:
+    """/healthz: the loop polls. /readyz: model and policy loaded, database reachable, partitions assigned."""
+    ops = settings.ops
+
+    def polling() -> tuple[bool, str]:
+        age = time.monotonic() - worker.last_poll_at
+        return age < ops.liveness_timeout_s, f"last poll {age:.1f} s ago (limit {ops.liveness_timeout_s:g} s)"
+
+    def database() -> tuple[bool, str]:
+        store.ping()
+        return True, "reachable"
+
+    def partitions() -> tuple[bool, str]:
+        count = worker.assigned_partitions
+        return count > 0, f"{count} partitions assigned"
+
+    model = worker.moderator.scorer.model_id
+    policy = worker.moderator.policy
+    readiness = {
+        "model": lambda: (True, f"{model} loaded"),
+        "policy": lambda: (True, f"{policy.path} version {policy.version}"),
+        "database": CachedCheck(database),
+        "partitions": partitions,
+        "loop": polling,
+    }
+    server = OpsServer(ops.host, ops.port, worker.metrics.registry, {"loop": polling}, readiness).start()
+    log.info("ops server listening", host=ops.host, port=server.port, paths="/metrics /healthz /readyz")
+    return server
 
 
 def install_stop_signals(stop: threading.Event) -> None:

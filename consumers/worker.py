@@ -31,7 +31,8 @@ from kafka.structs import OffsetAndMetadata
 
 from consumers.batching import Batch, BatchAssembler
 from consumers.delivery import STEP_COMMITTED, BatchResult, Delivery, StepHook, dead_letter_for
-from consumers.messages import OutgoingMessage
+from consumers.messages import OutgoingMessage, header
+from consumers.metrics import WorkerMetrics
 from moderation.events import ImageEvent, parse_event
 from moderation.exceptions import EventError, ModerationError
 from moderation.moderator import Moderator
@@ -70,6 +71,7 @@ class Worker:
         store: VerdictStore,
         settings: Settings,
         on_step: StepHook | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -93,6 +95,9 @@ class Worker:
         self._abandon = threading.Event()  # set on a fatal error: stages stop retrying and drop work
         self._fatal: BaseException | None = None
         self.totals = BatchResult()
+        self.metrics = metrics or WorkerMetrics()
+        self.last_poll_at = time.monotonic()  # liveness: a wedged loop stops moving this
+        self.assigned_partitions = 0
 
     # -- the loop (consumer thread) -------------------------------------------------------------------
 
@@ -133,7 +138,12 @@ class Worker:
             timeout_s = BUSY_POLL_S if due_in is None else min(BUSY_POLL_S, due_in)
         else:
             timeout_s = IDLE_POLL_S
+        started = time.perf_counter()
         polled = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max(self.assembler.room(), 1))
+        self.last_poll_at = time.monotonic()
+        if polled:
+            self.metrics.stage_seconds.labels("poll").observe(time.perf_counter() - started)
+            self.metrics.events_consumed.inc(sum(len(records) for records in polled.values()))
         for records in polled.values():
             for record in records:
                 self.assembler.add(record, self._loaders.submit(self._prepare, record))
@@ -146,6 +156,7 @@ class Worker:
         if batch is None or not len(batch):
             return
         self._in_flight += 1
+        self.metrics.batches_in_flight.set(self._in_flight)
         self._to_score.put(batch)
 
     def _apply_back_pressure(self) -> None:
@@ -156,6 +167,7 @@ class Worker:
                 self.consumer.pause(*unpaused)
                 if not self._paused:
                     self.pauses += 1
+                    self.metrics.back_pressure_pauses.inc()
                     log.debug("pipeline full, partitions paused", in_flight=self._in_flight)
                 self._paused = True
         elif self._paused:
@@ -168,11 +180,12 @@ class Worker:
         while (delivered := self._next_delivered(block_s)) is not None:
             block_s = 0.0
             batch, result = delivered
+            started = time.perf_counter()
             try:
                 self.consumer.commit(self._offsets(batch, result))
             except KafkaError as exc:
                 self._commit_failed(exc)
-            self._committed(batch, result)
+            self._committed(batch, result, time.perf_counter() - started)
             committed += 1
         return committed
 
@@ -187,8 +200,8 @@ class Worker:
         result.offsets = batch.next_offsets()
         return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in result.offsets.items()}
 
-    @staticmethod
-    def _commit_failed(exc: KafkaError) -> None:
+    def _commit_failed(self, exc: KafkaError) -> None:
+        self.metrics.errors.labels(type(exc).__name__).inc()
         if isinstance(exc, CommitFailedError):
             # The group rebalanced: these partitions now belong to another member, which starts from
             # the last commit. Rows are idempotent, so the redelivery only repeats review messages.
@@ -196,8 +209,10 @@ class Worker:
         else:
             log.warning("offset commit failed; the next commit covers it", error=str(exc))
 
-    def _committed(self, batch: Batch, result: BatchResult) -> None:
+    def _committed(self, batch: Batch, result: BatchResult, commit_s: float) -> None:
         self._in_flight -= 1
+        self.metrics.batches_in_flight.set(self._in_flight)
+        self.metrics.batch_committed(result, commit_s)
         self.totals.add(result)
         self.on_step(STEP_COMMITTED, result)
         log.info("batch done", batch=batch.number, **result.counters())
@@ -229,11 +244,14 @@ class Worker:
                 await _network_sleep(self.consumer, 0.02)
                 continue
             batch, result = delivered
+            started = time.perf_counter()
             try:
                 await self.consumer.commit_async(self._offsets(batch, result))
             except KafkaError as exc:
                 self._commit_failed(exc)
-            self._committed(batch, result)
+            self._committed(batch, result, time.perf_counter() - started)
+        self.assigned_partitions = 0
+        self.metrics.assigned_partitions.set(0)
         log.info("partitions revoked", partitions=len(revoked), unfinished_batches=self._in_flight)
 
     # -- stages (their own threads) -----------------------------------------------------------------
@@ -259,14 +277,24 @@ class Worker:
                 work(item)  # type: ignore[operator]
             except BaseException as exc:  # noqa: BLE001 - any surprise here must stop the worker, not hang it
                 log.error("pipeline stage failed", stage=threading.current_thread().name, error=repr(exc))
+                self.metrics.errors.labels(type(exc).__name__).inc()
                 self._fatal = exc
                 self._abandon.set()
 
     def _score(self, batch: Batch) -> None:
         prepared: list[Prepared] = [future.result() for future in batch.prepared]
         scored = [p for p in prepared if p.event is not None]
+        for p in scored:
+            load_ms = getattr(p.loaded, "load_ms", None)
+            if load_ms is not None:
+                self.metrics.stage_seconds.labels("load").observe(load_ms / 1000.0)
+        started = time.perf_counter()
         verdicts = self.moderator.score_loaded([p.event for p in scored], [p.loaded for p in scored])  # type: ignore[misc]
+        self.metrics.stage_seconds.labels("score").observe(time.perf_counter() - started)
+        self.metrics.images_scored.inc(sum(getattr(p.loaded, "load_ms", None) is not None for p in scored))
         dead_letters = [p.dead_letter for p in prepared if p.dead_letter is not None]
+        for message in dead_letters:
+            self.metrics.dead_letters.labels(header(message.headers, "dlq.reason") or "unknown").inc()
         self._to_deliver.put((batch, verdicts, dead_letters))
 
     def _deliver(self, item: tuple[Batch, list, list[OutgoingMessage]]) -> None:
@@ -280,6 +308,7 @@ class Worker:
                 # The database or the broker is away: keep the batch, back off, try again. Nothing is
                 # committed meanwhile, and the full pipeline pauses the partitions upstream.
                 log.error("delivery failed, retrying", batch=batch.number, error=str(exc), retry_in_s=delay_s)
+                self.metrics.errors.labels(type(exc).__name__).inc()
                 self._abandon.wait(delay_s)
                 delay_s = min(delay_s * 2, 30.0)
                 continue
@@ -295,6 +324,8 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         await self.worker.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.worker.assigned_partitions = len(assigned)
+        self.worker.metrics.assigned_partitions.set(len(assigned))
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 

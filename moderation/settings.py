@@ -101,6 +101,15 @@ class ImageSettings(_Group):
     file_root: Path | None = Field(None, description="If set, file:// images must lie under this directory.")
 
 
+class OpsSettings(_Group):
+    enabled: bool = Field(True, description="Serve /metrics, /healthz and /readyz from every worker.")
+    host: str = Field("0.0.0.0", description="Address the ops HTTP server binds (all interfaces in a pod).")  # noqa: S104
+    port: int = Field(9108, ge=0, le=65535, description="Port of the ops HTTP server; 0 picks a free one.")
+    liveness_timeout_s: float = Field(
+        60.0, gt=0, description="/healthz fails when the consumer loop has not polled for this long."
+    )
+
+
 class LogSettings(_Group):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
@@ -123,6 +132,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = BatchingSettings()
     policy: PolicySettings = PolicySettings()
     images: ImageSettings = ImageSettings()
+    ops: OpsSettings = OpsSettings()
     log: LogSettings = LogSettings()
 
     @field_validator("data_dir")

@@ -27,7 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 def moderation(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 120) -> Any:
     return subprocess.run(
         [sys.executable, "-m", "consumers.cli", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -117,14 +121,20 @@ def worker_variables(env: PipelineEnv, database_url: str, test_model_dir: Path) 
         "MODERATION_MODEL__DEVICE": "cpu",
         "MODERATION_POLICY__PATH": str(POLICY),
         "MODERATION_LOG__FORMAT": "json",
+        "MODERATION_OPS__HOST": "127.0.0.1",
+        "MODERATION_OPS__PORT": "0",
     }
 
 
 def start_worker(variables: dict[str, str], log: Path) -> subprocess.Popen[str]:
     with log.open("a") as sink:  # a file, not a pipe: a chatty worker must never block on a full pipe
         return subprocess.Popen(
-            [sys.executable, "-m", "consumers.cli", "run"], cwd=REPO, env={**os.environ, **variables},
-            stdout=sink, stderr=sink, text=True,
+            [sys.executable, "-m", "consumers.cli", "run"],
+            cwd=REPO,
+            env={**os.environ, **variables},
+            stdout=sink,
+            stderr=sink,
+            text=True,
         )
 
 
@@ -247,3 +257,73 @@ def test_build_moderator_applies_the_model_settings(test_model_dir: Path) -> Non
         assert moderator._pool._max_workers == 3
     finally:
         moderator.close()
+
+
+def ops_port(log: Path, process: subprocess.Popen[str], timeout_s: float = 60) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and json.loads(line).get("event") == "ops server listening":
+                return int(json.loads(line)["port"])
+        time.sleep(0.2)
+    raise AssertionError("the worker never said where its ops server listens")
+
+
+def scrape(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:  # noqa: S310
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of every sample of `name` (all label sets) in a Prometheus text page."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((f"{name} ", f"{name}{{"))
+    )
+
+
+@pytest.mark.kafka
+def test_a_running_workers_metrics_move_as_events_flow_and_it_turns_ready(
+    pipeline_env: Any, sqlite_url: str, test_model_dir: Path, tmp_path: Path
+) -> None:
+    env: PipelineEnv = pipeline_env(sqlite_url)
+    variables = worker_variables(env, sqlite_url, test_model_dir)
+    assert moderation("migrate", env=variables).returncode == 0
+    log = tmp_path / "worker.log"
+    process = start_worker(variables, log)
+    try:
+        port = ops_port(log, process)
+        status, before = scrape(port, "/metrics")
+        assert status == 200 and metric(before, "moderation_events_consumed_total") == 0
+        assert 'moderation_policy_info{sha256="' in before and 'version="test-model-1"' in before
+        paths = colour_files(tmp_path, ["red", "blue", "yellow", "green", "red", "blue"])
+        produced = env.produce([file_event(p, source="metrics-test") for p in paths] + [b"not json"])
+        deadline = time.monotonic() + 90
+        while committed_total(env.settings) < produced and time.monotonic() < deadline:
+            time.sleep(0.3)
+        time.sleep(0.5)  # the committed-batch metrics are recorded right after the commit returns
+        status, after = scrape(port, "/metrics")
+        assert metric(after, "moderation_events_consumed_total") == produced
+        assert metric(after, "moderation_verdicts_total") == produced - 1
+        assert metric(after, 'moderation_flagged_total{category="red"}') == 2
+        assert metric(after, 'moderation_flagged_total{category="yellow"}') == 1
+        assert metric(after, 'moderation_dead_letters_total{reason="invalid_json"}') == 1
+        assert metric(after, "moderation_images_scored_total") == produced - 1
+        assert metric(after, "moderation_end_to_end_seconds_count") == produced - 1
+        assert metric(after, 'moderation_stage_seconds_count{stage="score"}') >= 1
+        assert metric(after, "moderation_assigned_partitions") == 4
+        status, body = scrape(port, "/readyz")
+        assert status == 200, body
+        assert scrape(port, "/healthz")[0] == 200
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, log.read_text()

@@ -1,0 +1,65 @@
+"""Prometheus metrics for one worker process: what it consumed, decided, published and how long each step took.
+
+Names follow Prometheus conventions (``moderation_..._total`` counters, ``_seconds`` in base units). Each
+`WorkerMetrics` has its own registry, so several workers (tests, benchmarks) can live in one process.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from consumers.delivery import BatchResult
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+STAGES = ("poll", "load", "score", "persist", "publish", "commit")
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter("moderation_events_consumed", "Records polled from the input topic.", registry=r)
+        self.verdicts = Counter(
+            "moderation_verdicts", "Verdicts written.", ["status", "top_category", "action"], registry=r
+        )
+        self.flagged = Counter("moderation_flagged", "Flagged verdicts, by top category.", ["category"], registry=r)
+        self.dead_letters = Counter(
+            "moderation_dead_letters", "Events dead-lettered, by reason.", ["reason"], registry=r
+        )
+        self.images_scored = Counter("moderation_images_scored", "Images through the model.", registry=r)
+        self.errors = Counter("moderation_errors", "Errors by type (retried or fatal).", ["type"], registry=r)
+        self.back_pressure_pauses = Counter(
+            "moderation_back_pressure_pauses", "Times the full pipeline paused the partitions.", registry=r
+        )
+        self.batch_size = Histogram("moderation_batch_size", "Records per batch.", buckets=_BATCH_BUCKETS, registry=r)
+        self.stage_seconds = Histogram(
+            "moderation_stage_seconds", "Time per batch in each step.", ["stage"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.end_to_end_seconds = Histogram(
+            "moderation_end_to_end_seconds",
+            "From the event's uploaded_at to its verdict being committed.",
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+        self.batches_in_flight = Gauge(
+            "moderation_batches_in_flight", "Batches between poll and offset commit.", registry=r
+        )
+        self.assigned_partitions = Gauge("moderation_assigned_partitions", "Partitions this member owns.", registry=r)
+        self.model = Info("moderation_model", "The model in use.", registry=r)
+        self.policy = Info("moderation_policy", "The policy in force.", registry=r)
+
+    def batch_committed(self, result: BatchResult, commit_s: float) -> None:
+        now = datetime.now(timezone.utc)
+        self.batch_size.observe(result.records)
+        self.stage_seconds.labels("persist").observe(result.persist_s)
+        self.stage_seconds.labels("publish").observe(result.publish_s)
+        self.stage_seconds.labels("commit").observe(commit_s)
+        for verdict in result.stored:
+            self.verdicts.labels(verdict.status.value, verdict.top_category or "", verdict.action or "").inc()
+            if verdict.flagged:
+                self.flagged.labels(verdict.top_category or "").inc()
+            self.end_to_end_seconds.observe(max(0.0, (now - verdict.uploaded_at).total_seconds()))
