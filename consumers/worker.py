@@ -38,6 +38,7 @@ from moderation.exceptions import EventError, ModerationError
 from moderation.moderator import Moderator
 from moderation.settings import Settings
 from moderation.storage import StorageError, VerdictStore
+from moderation.verdict import VerdictStatus
 
 log = structlog.get_logger("moderation.worker")
 
@@ -258,11 +259,15 @@ class Worker:
 
     def _prepare(self, record: ConsumerRecord) -> Prepared:
         """Runs in the loader pool: parse the event and load its image, so the scorer only scores."""
-        try:
-            event = parse_event(record.value)
-        except EventError as exc:
-            return Prepared(record, None, None, dead_letter_for(record, exc, self.settings.kafka.dead_letter_topic))
-        return Prepared(record, event, self.moderator.load_one(event), None)
+        # Every log line written while handling this record carries where it came from (and, once parsed,
+        # which event it is), whatever module writes it.
+        with structlog.contextvars.bound_contextvars(**record_fields(record)):
+            try:
+                event = parse_event(record.value)
+            except EventError as exc:
+                return Prepared(record, None, None, dead_letter_for(record, exc, self.settings.kafka.dead_letter_topic))
+            with structlog.contextvars.bound_contextvars(event_id=event.event_id, content_id=event.content_id):
+                return Prepared(record, event, self.moderator.load_one(event), None)
 
     def _stage(self, inbox: queue.Queue[object], work: object) -> None:
         while True:
@@ -291,6 +296,17 @@ class Worker:
         started = time.perf_counter()
         verdicts = self.moderator.score_loaded([p.event for p in scored], [p.loaded for p in scored])  # type: ignore[misc]
         self.metrics.stage_seconds.labels("score").observe(time.perf_counter() - started)
+        for p, verdict in zip(scored, verdicts, strict=True):
+            if verdict.status is VerdictStatus.ERROR:
+                log.warning(
+                    "image not usable", reason=verdict.error_reason, detail=(verdict.error_detail or "")[:300],
+                    event_id=verdict.event_id, content_id=verdict.content_id, **record_fields(p.record),
+                )
+            elif verdict.flagged:
+                log.info(
+                    "flagged", category=verdict.top_category, action=verdict.action,
+                    event_id=verdict.event_id, content_id=verdict.content_id, **record_fields(p.record),
+                )
         self.metrics.images_scored.inc(sum(getattr(p.loaded, "load_ms", None) is not None for p in scored))
         dead_letters = [p.dead_letter for p in prepared if p.dead_letter is not None]
         for message in dead_letters:
@@ -314,6 +330,11 @@ class Worker:
                 continue
             self._delivered.put((batch, result))
             return
+
+
+def record_fields(record: ConsumerRecord) -> dict[str, object]:
+    """Where a record came from, for log lines about it."""
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):

@@ -179,6 +179,13 @@ def test_run_processes_events_and_exits_0_on_sigterm(
     assert {v.content_id for v in store.flagged()} == {"0-red.jpg", "2-yellow.jpg", "4-red.jpg"}
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert any(line.get("event") == "worker stopping" for line in lines)  # JSON logs, clean shutdown
+    flagged_lines = [line for line in lines if line.get("event") == "flagged"]
+    assert sorted(line["content_id"] for line in flagged_lines) == ["0-red.jpg", "2-yellow.jpg", "4-red.jpg"]
+    for line in flagged_lines:  # every line about an event says which event and where it came from
+        assert {"event_id", "content_id", "topic", "partition", "offset", "timestamp", "level"} <= set(line)
+        assert line["topic"] == env.settings.kafka.input_topic
+    started = next(line for line in lines if line.get("event") == "starting")
+    assert started["settings"]["database"]["url"] == sqlite_url  # the effective settings, at start-up
 
 
 @pytest.mark.kafka
