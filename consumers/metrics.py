@@ -49,6 +49,12 @@ class WorkerMetrics:
             "moderation_batches_in_flight", "Batches between poll and offset commit.", registry=r
         )
         self.assigned_partitions = Gauge("moderation_assigned_partitions", "Partitions this member owns.", registry=r)
+        self.consumer_lag = Gauge(
+            "moderation_consumer_lag",
+            "Records behind the partition's end: highwater minus the committed offset.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.model = Info("moderation_model", "The model in use.", registry=r)
         self.policy = Info("moderation_policy", "The policy in force.", registry=r)
 

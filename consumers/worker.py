@@ -99,6 +99,8 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         self.last_poll_at = time.monotonic()  # liveness: a wedged loop stops moving this
         self.assigned_partitions = 0
+        self._committed_offsets: dict[TopicPartition, int] = {}
+        self._lag_updated_at = 0.0
 
     # -- the loop (consumer thread) -------------------------------------------------------------------
 
@@ -134,6 +136,7 @@ class Worker:
     def _step(self) -> None:
         self._commit_delivered()
         self._apply_back_pressure()
+        self._update_lag()
         if self._in_flight or self.assembler.open_batch:
             due_in = self.assembler.seconds_until_due()
             timeout_s = BUSY_POLL_S if due_in is None else min(BUSY_POLL_S, due_in)
@@ -201,6 +204,18 @@ class Worker:
         result.offsets = batch.next_offsets()
         return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in result.offsets.items()}
 
+    def _update_lag(self, every_s: float = 1.0) -> None:
+        """Per partition: the highwater the last fetch reported minus what this member has committed."""
+        if time.monotonic() - self._lag_updated_at < every_s:
+            return
+        self._lag_updated_at = time.monotonic()
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:  # nothing fetched from it yet
+                continue
+            committed = self._committed_offsets.get(tp, 0)
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed))
+
     def _commit_failed(self, exc: KafkaError) -> None:
         self.metrics.errors.labels(type(exc).__name__).inc()
         if isinstance(exc, CommitFailedError):
@@ -212,6 +227,7 @@ class Worker:
 
     def _committed(self, batch: Batch, result: BatchResult, commit_s: float) -> None:
         self._in_flight -= 1
+        self._committed_offsets.update(result.offsets)
         self.metrics.batches_in_flight.set(self._in_flight)
         self.metrics.batch_committed(result, commit_s)
         self.totals.add(result)
@@ -252,6 +268,8 @@ class Worker:
                 self._commit_failed(exc)
             self._committed(batch, result, time.perf_counter() - started)
         self.assigned_partitions = 0
+        self._committed_offsets: dict[TopicPartition, int] = {}
+        self._lag_updated_at = 0.0
         self.metrics.assigned_partitions.set(0)
         log.info("partitions revoked", partitions=len(revoked), unfinished_batches=self._in_flight)
 

@@ -325,6 +325,14 @@ def test_a_running_workers_metrics_move_as_events_flow_and_it_turns_ready(
         assert metric(after, "moderation_end_to_end_seconds_count") == produced - 1
         assert metric(after, 'moderation_stage_seconds_count{stage="score"}') >= 1
         assert metric(after, "moderation_assigned_partitions") == 4
+        # Everything is committed: once the lag gauge has been refreshed (every second), it reads 0 on
+        # every partition that received events, and it exists for at least one of them.
+        time.sleep(1.5)
+        lag_lines = [
+            line for line in scrape(port, "/metrics")[1].splitlines() if line.startswith("moderation_consumer_lag{")
+        ]
+        assert lag_lines, "no consumer lag exported"
+        assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in lag_lines), lag_lines
         status, body = scrape(port, "/readyz")
         assert status == 200, body
         assert scrape(port, "/healthz")[0] == 200

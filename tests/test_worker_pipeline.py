@@ -57,10 +57,12 @@ def test_a_full_pipeline_pauses_partitions_and_loses_nothing(
     store = migrated_store(sqlite_url)
     moderator = Moderator(scorer, load_policy(POLICY), env.settings.images)
     in_flight_seen: list[int] = []
+    lag_seen: list[float] = []
 
     def slow_delivery(step: str, result: BatchResult) -> None:
         if step == STEP_PERSISTED:
             in_flight_seen.append(worker._in_flight)  # read-only peek from the delivery thread
+            lag_seen.append(total_lag(worker))
             time.sleep(0.1)  # a slow database: the pipeline must fill up and push back
 
     worker = new_worker(env, moderator, store, on_step=slow_delivery)
@@ -72,6 +74,13 @@ def test_a_full_pipeline_pauses_partitions_and_loses_nothing(
     assert store.count() == produced
     assert worker.pauses > 0  # back-pressure engaged instead of buffering without bound
     assert max(in_flight_seen) <= 2  # the limit, plus at most the batch being assembled when it was reached
+    assert max(lag_seen) > 0  # while the pipeline pushed back, the exported lag showed the backlog
+
+
+def total_lag(worker: Any) -> float:
+    """The sum of the worker's exported consumer-lag gauge over its partitions."""
+    families = worker.metrics.registry.collect()
+    return sum(s.value for f in families if f.name == "moderation_consumer_lag" for s in f.samples)
 
 
 class FlakyStore(VerdictStore):
