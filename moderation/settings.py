@@ -172,3 +172,18 @@ def mask_url(url: str) -> str:
     # Replace in place rather than urlunsplit(), which would turn "sqlite:///x.db" into "sqlite:/x.db".
     masked = url.replace(parts.netloc, netloc, 1) if netloc != parts.netloc else url
     return masked.replace(f"?{parts.query}", f"?{query}", 1) if query != parts.query else masked
+
+
+def environment_variables(model: type[BaseModel] = Settings, prefix: str = "MODERATION_") -> list[str]:
+    """Every environment variable that sets a field, e.g. ``MODERATION_KAFKA__BOOTSTRAP_SERVERS``.
+
+    Derived from the model, so documentation and deployment files can be checked against it.
+    """
+    names = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names += environment_variables(annotation, f"{prefix}{name.upper()}__")
+        else:
+            names.append(f"{prefix}{name.upper()}")
+    return names

@@ -20,6 +20,7 @@ from moderation.events import parse_event
 from moderation.storage import VerdictStore, create_engine_for
 from moderation.testmodel import make_colour_image
 from tests.fixtures_kafka import POLICY, PipelineEnv, committed_total
+from tests.test_ops import get
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -277,17 +278,6 @@ def ops_port(log: Path, process: subprocess.Popen[str], timeout_s: float = 60) -
     raise AssertionError("the worker never said where its ops server listens")
 
 
-def scrape(port: int, path: str) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:  # noqa: S310
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def metric(text: str, name: str) -> float:
     """The sum of every sample of `name` (all label sets) in a Prometheus text page."""
     return sum(
@@ -306,7 +296,7 @@ def test_a_running_workers_metrics_move_as_events_flow_and_it_turns_ready(
     process = start_worker(variables, log)
     try:
         port = ops_port(log, process)
-        status, before = scrape(port, "/metrics")
+        status, before = get(port, "/metrics")
         assert status == 200 and metric(before, "moderation_events_consumed_total") == 0
         assert 'moderation_policy_info{sha256="' in before and 'version="test-model-1"' in before
         paths = colour_files(tmp_path, ["red", "blue", "yellow", "green", "red", "blue"])
@@ -315,7 +305,7 @@ def test_a_running_workers_metrics_move_as_events_flow_and_it_turns_ready(
         while committed_total(env.settings) < produced and time.monotonic() < deadline:
             time.sleep(0.3)
         time.sleep(0.5)  # the committed-batch metrics are recorded right after the commit returns
-        status, after = scrape(port, "/metrics")
+        status, after = get(port, "/metrics")
         assert metric(after, "moderation_events_consumed_total") == produced
         assert metric(after, "moderation_verdicts_total") == produced - 1
         assert metric(after, 'moderation_flagged_total{category="red"}') == 2
@@ -329,13 +319,13 @@ def test_a_running_workers_metrics_move_as_events_flow_and_it_turns_ready(
         # every partition that received events, and it exists for at least one of them.
         time.sleep(1.5)
         lag_lines = [
-            line for line in scrape(port, "/metrics")[1].splitlines() if line.startswith("moderation_consumer_lag{")
+            line for line in get(port, "/metrics")[1].splitlines() if line.startswith("moderation_consumer_lag{")
         ]
         assert lag_lines, "no consumer lag exported"
         assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in lag_lines), lag_lines
-        status, body = scrape(port, "/readyz")
+        status, body = get(port, "/readyz")
         assert status == 200, body
-        assert scrape(port, "/healthz")[0] == 200
+        assert get(port, "/healthz")[0] == 200
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     finally:

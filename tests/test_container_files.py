@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moderation.settings import OpsSettings, Settings
-from tests.test_readme import _variables
+from moderation.settings import OpsSettings, Settings, environment_variables
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "compose.yaml"
 DOCKERIGNORE = REPO / ".dockerignore"
 
-SETTINGS = set(_variables(Settings, "MODERATION_"))
+SETTINGS = set(environment_variables())
 # The default of the setting, whatever MODERATION_OPS__PORT says in this process's environment.
 OPS_PORT = OpsSettings().port
 

@@ -18,10 +18,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from pydantic import BaseModel
 
 from consumers.metrics import WorkerMetrics
-from moderation.settings import Settings
+from moderation.settings import environment_variables
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "moderation"
@@ -181,17 +180,6 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 VALUE_SETS = {"values.yaml": VALUES} | {
     f"ci/{path.name}": _merge(VALUES, yaml.safe_load(path.read_text())) for path in CI_FILES
 }
-
-
-def _settings_variables(model: type[BaseModel], prefix: str) -> list[str]:
-    names = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names += _settings_variables(annotation, f"{prefix}{name.upper()}__")
-        else:
-            names.append(f"{prefix}{name.upper()}")
-    return names
 
 
 def _by_kind(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -375,7 +363,7 @@ def test_keda_scaledobject_and_partition_cap() -> None:
 
 
 def test_env_names_are_real_settings() -> None:
-    settings = set(_settings_variables(Settings, "MODERATION_"))
+    settings = set(environment_variables())
     used = set()
     for source in list(TEMPLATES.iterdir()) + CI_FILES:
         used |= set(re.findall(r"\bMODERATION_[A-Z0-9_]*[A-Z0-9]", source.read_text()))

@@ -21,6 +21,7 @@ from tests.fixtures_kafka import POLICY, PipelineEnv, new_worker
 
 
 def get(port: int, path: str) -> tuple[int, str]:
+    """GET a loopback URL; HTTP error statuses come back as results, not exceptions."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:  # noqa: S310
             return response.status, response.read().decode()
