@@ -1,9 +1,20 @@
 """Policies are data: YAML files validated into pydantic models, with a content hash for auditing.
 
-A category is a set of text prompts; its text embedding is the normalised mean of its prompts'
-embeddings. Categories with a threshold and an action are *unsafe*: an image is flagged when the
-probability of any unsafe category reaches its threshold. The others (``safe`` and friends) give the
-model somewhere to put benign images.
+A category is a set of text prompts. Categories with a threshold and an action are *unsafe*: an image
+is flagged when the score of any unsafe category reaches its threshold. How a category is scored is
+the policy's `scoring` mode:
+
+- ``softmax`` (CLIP's zero-shot classification): the categories compete; a category's text embedding is
+  the normalised mean of its prompts' embeddings and its score is a probability over all categories.
+  The safe categories (no threshold) give benign images somewhere to go, so at least one is required.
+- ``independent`` (as LAION's safety detector and the Stable Diffusion safety checker do): each category
+  is scored alone, as the highest cosine similarity between the image and any of its prompts, against
+  its own threshold; adding or removing a category changes no other category's score.
+
+An unsafe category may set `uncertain_margin`: scores within that distance of its threshold are neither
+allowed nor acted on but sent to review marked *uncertain*. A policy may also list golden `examples`
+(image paths with the verdict they must get), which `moderation policy check` runs; they are not part
+of the policy's meaning, so they do not change its hash.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ import json
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -39,12 +50,16 @@ class Category(BaseModel):
     prompts: list[Prompt] = Field(min_length=1, max_length=256)
     threshold: float | None = Field(default=None, gt=0.0, le=1.0)
     action: Action | None = None
+    # Scores in [threshold - margin, threshold + margin) go to review marked uncertain, not decided.
+    uncertain_margin: float | None = Field(default=None, gt=0.0, lt=1.0)
     description: str = ""
 
     @model_validator(mode="after")
     def _threshold_and_action_together(self) -> Category:
         if (self.threshold is None) != (self.action is None):
             raise ValueError("an unsafe category needs both 'threshold' and 'action'; a safe one neither")
+        if self.uncertain_margin is not None and self.threshold is None:
+            raise ValueError("'uncertain_margin' is a band around a threshold: only unsafe categories have one")
         if self.action is Action.ALLOW:
             raise ValueError("'allow' is not an action for an unsafe category (leave out threshold and action)")
         if len(set(self.prompts)) != len(self.prompts):
@@ -56,19 +71,44 @@ class Category(BaseModel):
         return self.threshold is not None
 
 
+ScoringMode = Literal["softmax", "independent"]
+ALLOW_EXPECTATION = "allow"  # a golden example that must not be flagged, whatever its top category
+
+
+class Example(BaseModel):
+    """A golden example: an image (path relative to the policy file) and the verdict it must get."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+    # A category name (unsafe: flagged with it as the top category; safe: not flagged, top category it),
+    # or "allow" (not flagged).
+    expect: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+    uncertain: bool | None = None  # when set, the verdict's uncertain mark must equal it
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
     description: str = ""
-    categories: dict[CategoryName, Category] = Field(min_length=2)
+    scoring: ScoringMode = "softmax"
+    categories: dict[CategoryName, Category] = Field(min_length=1)
+    examples: list[Example] = Field(default_factory=list, max_length=10_000)
 
     @model_validator(mode="after")
     def _needs_safe_and_unsafe(self) -> Policy:
         if not any(c.unsafe for c in self.categories.values()):
             raise ValueError("at least one category needs a threshold and an action (nothing could be flagged)")
-        if all(c.unsafe for c in self.categories.values()):
-            raise ValueError("at least one category must be safe (no threshold): benign images need a home")
+        if self.scoring == "softmax" and all(c.unsafe for c in self.categories.values()):
+            raise ValueError(
+                "with softmax scoring at least one category must be safe (no threshold): benign images need a home"
+            )
+        for example in self.examples:
+            if example.expect != ALLOW_EXPECTATION and example.expect not in self.categories:
+                raise ValueError(
+                    f"example {example.image!r} expects {example.expect!r}: not a category and not 'allow'"
+                )
         return self
 
     @property
@@ -94,7 +134,11 @@ class LoadedPolicy:
 
 
 def policy_hash(policy: Policy) -> str:
-    canonical = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """A hash of what the policy decides. Golden examples are left out, so adding a test case does not
+    look like a policy change; so are fields at their defaults, so a new optional field does not
+    change the hash of every existing policy."""
+    meaning = policy.model_dump(mode="json", exclude={"examples"}, exclude_defaults=True)
+    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -29,13 +29,14 @@ from moderation.exceptions import ConfigurationError
 from moderation.gpu_decode import decode_jpegs, gpu_decode_available
 from moderation.policy import LoadedPolicy
 from moderation.preprocess import PreprocessSpec
+from moderation.scoring import PolicyText, from_stored, score_embeddings
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds, and only loading a model needs it
     from transformers import CLIPModel
 
     from moderation.settings import ModelSettings
 
-__all__ = ["ClipScorer", "ImageScore", "PixelBatch", "pooled_embeddings", "quiet_progress_bars"]
+__all__ = ["ClipScorer", "ImageScore", "PixelBatch", "PolicyText", "pooled_embeddings", "quiet_progress_bars"]
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,11 @@ PixelBatch = Sequence[np.ndarray | torch.Tensor] | np.ndarray | torch.Tensor
 
 @dataclass(frozen=True)
 class ImageScore:
-    probabilities: dict[str, float]  # category -> probability, in policy order; sums to 1
+    # category -> score, in policy order: probabilities summing to 1 (softmax policies) or cosine
+    # similarities (independent policies); see moderation/scoring.py.
+    probabilities: dict[str, float]
     best_prompt: str  # the prompt, across all categories, closest to the image
     best_prompt_similarity: float  # its cosine similarity to the image
-
-
-@dataclass(frozen=True)
-class _PolicyText:
-    category_embeddings: torch.Tensor  # [n_categories, dim], normalised, float32 on the model's device
-    prompt_embeddings: torch.Tensor  # [n_prompts, dim], normalised, float32
-    prompts: list[str]  # row i of prompt_embeddings
 
 
 class ClipScorer:
@@ -108,7 +104,7 @@ class ClipScorer:
         if isinstance(tokenizer_limit, int) and tokenizer_limit < 1_000_000:  # huge means "unset"
             limits.append(tokenizer_limit)
         self.max_text_length = min(limits)
-        self._policies: OrderedDict[str, _PolicyText] = OrderedDict()
+        self._policies: OrderedDict[str, PolicyText] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -168,7 +164,8 @@ class ClipScorer:
             rows.append(pooled_embeddings(self.model.get_text_features(**chunk)).float())
         return _normalise(torch.cat(rows))
 
-    def _policy_text(self, policy: LoadedPolicy) -> _PolicyText:
+    def policy_text(self, policy: LoadedPolicy) -> PolicyText:
+        """The policy's text embeddings, computed once per policy hash (LRU of the last few) and reused."""
         with self._lock:
             cached = self._policies.get(policy.sha256)
             if cached is not None:
@@ -177,11 +174,18 @@ class ClipScorer:
         categories = list(policy.policy.categories.values())
         prompts = [prompt for category in categories for prompt in category.prompts]
         prompt_embeddings = self._embed_prompts(prompts)
-        means, start = [], 0
-        for category in categories:
+        means, owners, start = [], [], 0
+        for index, category in enumerate(categories):
             means.append(prompt_embeddings[start : start + len(category.prompts)].mean(dim=0))
+            owners += [index] * len(category.prompts)
             start += len(category.prompts)
-        text = _PolicyText(_normalise(torch.stack(means)), prompt_embeddings, prompts)
+        text = PolicyText(
+            category_embeddings=_normalise(torch.stack(means)),
+            prompt_embeddings=prompt_embeddings,
+            prompts=prompts,
+            prompt_category=torch.tensor(owners, dtype=torch.long, device=prompt_embeddings.device),
+            logit_scale=float(self.model.logit_scale.detach().float().exp()),
+        )
         with self._lock:
             # Another thread may have computed it meanwhile; keep one, so callers see a stable object.
             text = self._policies.setdefault(policy.sha256, text)
@@ -192,7 +196,7 @@ class ClipScorer:
 
     def policy_embeddings(self, policy: LoadedPolicy) -> torch.Tensor:
         """Per category, the normalised mean of its normalised prompt embeddings: [n_categories, dim]."""
-        return self._policy_text(policy).category_embeddings
+        return self.policy_text(policy).category_embeddings
 
     # -- images ---------------------------------------------------------------------------------------
 
@@ -262,19 +266,28 @@ class ClipScorer:
             return []
         return self._scores(self._embed(self._reference_pixels(images)), policy)
 
+    @torch.inference_mode()
+    def score_embeddings(self, embeddings: np.ndarray | torch.Tensor, policy: LoadedPolicy) -> list[ImageScore]:
+        """Score stored (float16) or fresh image embeddings [N, dim] against `policy`: no image tower."""
+        if len(embeddings) == 0:
+            return []
+        if isinstance(embeddings, np.ndarray):
+            embeddings = torch.from_numpy(from_stored(embeddings).astype(np.float32))
+        return self._scores(embeddings, policy)
+
     def _scores(self, image_embeddings: torch.Tensor, policy: LoadedPolicy) -> list[ImageScore]:
-        text = self._policy_text(policy)
-        scale = self.model.logit_scale.float().exp()
-        probabilities = (scale * image_embeddings @ text.category_embeddings.T).softmax(dim=-1).cpu()
-        best_similarity, best_index = (image_embeddings @ text.prompt_embeddings.T).max(dim=-1)
+        text = self.policy_text(policy)
+        scored = score_embeddings(image_embeddings, text, policy.policy)
         names = policy.policy.category_names
         return [
             ImageScore(
-                probabilities=dict(zip(names, row.tolist(), strict=True)),
+                probabilities=dict(zip(names, row, strict=True)),
                 best_prompt=text.prompts[index],
                 best_prompt_similarity=similarity,
             )
-            for row, index, similarity in zip(probabilities, best_index.tolist(), best_similarity.tolist(), strict=True)
+            for row, index, similarity in zip(
+                scored.scores.cpu().tolist(), scored.best_prompt.tolist(), scored.best_similarity.tolist(), strict=True
+            )
         ]
 
 

@@ -27,6 +27,9 @@ class KafkaSettings(_Group):
     input_topic: str = Field("images.uploaded", description="Topic the upload services produce events to.")
     review_topic: str = Field("moderation.review", description="Flagged items for human reviewers.")
     dead_letter_topic: str = Field("images.uploaded.dlq", description="Events that cannot be understood.")
+    review_outcomes_topic: str = Field(
+        "moderation.review.outcomes", description="Reviewers' decisions (confirmed / overturned flags)."
+    )
     consumer_group: str = Field("moderation", description="Kafka consumer group of the worker fleet.")
     client_id: str = Field("moderation", description="Client id sent to the brokers (shows in broker logs).")
     session_timeout_ms: int = Field(10_000, ge=1_000, description="Group session timeout.")
@@ -89,7 +92,27 @@ class BatchingSettings(_Group):
 
 
 class PolicySettings(_Group):
-    path: Path = Field(Path("policies/default.yaml"), description="Policy file applied to every event.")
+    path: Path = Field(Path("policies/default.yaml"), description="The default policy file.")
+    sources: dict[str, Path] = Field(
+        default_factory=dict,
+        description='Per event source (tenant), a policy file instead of the default, as JSON: {"kids-app": "p.yaml"}.',
+    )
+    shadow: list[Path] = Field(
+        default_factory=list,
+        description="Candidate policy files evaluated on every event and recorded, never acted on (JSON list).",
+    )
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="How often a running worker checks its policy files for edits; 0 disables reloads."
+    )
+
+
+class EmbeddingSettings(_Group):
+    store: bool = Field(True, description="Store each scored image's embedding (float16) for backtests and reuse.")
+    reuse: bool = Field(True, description="Reuse the stored embedding of an image already scored by the same model.")
+    retention_days: float = Field(
+        30.0, ge=0, description="`moderation embeddings prune` deletes embeddings older than this; 0 keeps them."
+    )
+    cache_size: int = Field(10_000, ge=0, description="Recent embeddings kept in memory for reuse, per worker.")
 
 
 class ImageSettings(_Group):
@@ -131,6 +154,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     batching: BatchingSettings = BatchingSettings()
     policy: PolicySettings = PolicySettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
     images: ImageSettings = ImageSettings()
     ops: OpsSettings = OpsSettings()
     log: LogSettings = LogSettings()

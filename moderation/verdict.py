@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
+import numpy as np
+
 
 class VerdictStatus(str, Enum):
     OK = "ok"  # the image was scored and decided
@@ -33,4 +35,25 @@ class Verdict:
     error_detail: str | None = None
     load_ms: float | None = None
     score_ms: float | None = None
+    created_at: datetime | None = field(default=None, compare=False)  # set by storage
+    uncertain: bool = False  # flagged for review because a score fell in the policy's uncertain band
+    embedding_reused: bool = False  # the image's bytes were scored before: no forward pass this time
+    # Carried to storage, not part of the verdict's identity: the image's embedding (float16 [dim], for
+    # the embeddings table; None on error or when not stored) and the shadow policies' verdicts.
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
+    shadows: tuple[ShadowVerdict, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ShadowVerdict:
+    """What a shadow (candidate) policy would have decided for an event: recorded, never acted on."""
+
+    event_id: str
+    policy_version: str
+    policy_hash: str
+    flagged: bool
+    top_category: str
+    action: str
+    uncertain: bool
+    scores: dict[str, float]
     created_at: datetime | None = field(default=None, compare=False)  # set by storage

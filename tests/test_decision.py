@@ -119,12 +119,12 @@ def test_missing_category_probability_raises(policy: Policy) -> None:
     values = probs(safe=1.0)
     del values["gore"]
     del values["other_safe"]
-    with pytest.raises(ValueError, match=r"no probability for categories \['gore', 'other_safe'\]"):
+    with pytest.raises(ValueError, match=r"no score for categories \['gore', 'other_safe'\]"):
         decide(values, policy)
 
 
 def test_empty_probabilities_raise(policy: Policy) -> None:
-    with pytest.raises(ValueError, match="no probability for categories"):
+    with pytest.raises(ValueError, match="no score for categories"):
         decide({}, policy)
 
 

@@ -18,6 +18,7 @@ from moderation.events import ImageEvent
 from moderation.images import REASON_NOT_AN_IMAGE, REASON_NOT_FOUND, LoadedImage
 from moderation.moderator import REASON_SCORE_FAILED, LoadedBatch, LoadFailure, Moderator
 from moderation.policy import LoadedPolicy, parse_policy
+from moderation.policy_book import PolicyBook
 from moderation.preprocess import PreprocessSpec, to_pixels
 from moderation.settings import ImageSettings
 from moderation.verdict import Verdict, VerdictStatus
@@ -298,7 +299,7 @@ def test_a_new_policy_applies_to_the_next_batch(moderator: Moderator) -> None:
             return [FakeScore(dict(PROBABILITIES[self._colour(i)]), "p") for i in images]
 
     moderator.scorer = AnyPolicy()
-    moderator.policy = stricter
+    moderator.use_policies(PolicyBook(stricter))
     [verdict] = moderator.moderate([inline("red", "a")])
     assert verdict.policy_version == "colours-8"
     assert verdict.policy_hash == stricter.sha256 != POLICY.sha256

@@ -293,10 +293,18 @@ def test_no_safe_category() -> None:
     assert "at least one category must be safe" in problems[0][1]
 
 
-def test_a_single_category_is_not_enough() -> None:
+def test_a_single_category_is_not_enough_for_softmax() -> None:
     problems = problems_of(policy_text(SAFE))
-    assert problems[0][0] == "categories"
-    assert "at least 2 items" in problems[0][1]
+    assert problems[0][0] == "(policy)"
+    assert "at least one category needs a threshold" in problems[0][1]
+    problems = problems_of(policy_text(UNSAFE))
+    assert "with softmax scoring at least one category must be safe" in problems[0][1]
+
+
+def test_an_independent_policy_needs_no_safe_category() -> None:
+    loaded = parse_policy(policy_text(UNSAFE, header='version: "1"\nscoring: independent\ncategories:\n'))
+    assert loaded.policy.scoring == "independent"
+    assert list(loaded.policy.unsafe_categories) == ["nsfw"]
 
 
 def test_missing_version() -> None:
@@ -370,11 +378,11 @@ def test_non_utf8_file_is_unreadable(tmp_path: Path) -> None:
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(policy_text(SAFE), encoding="utf-8")
+    path.write_text(policy_text(SAFE, UNSAFE.replace("0.5", "1.5")), encoding="utf-8")
     with pytest.raises(PolicyError) as info:
         load_policy(path)
     assert info.value.path == str(path)
-    assert f"{path}: categories:" in str(info.value)
+    assert f"{path}: categories.nsfw.threshold:" in str(info.value)
 
 
 # --- the hash is of meaning, not formatting ---------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The `verdicts` table: one row per image event, the durable record of every decision we made.
+"""The tables: `verdicts` (one row per image event, the durable record of every decision we made), and
+beside it `embeddings` (one per image content and model, for backtests and duplicate reuse),
+`shadow_verdicts` (what candidate policies would have decided) and `review_outcomes` (what reviewers
+decided about flagged items).
 
 The schema is declared here once, for the store's queries and as Alembic's `target_metadata`; the
 migrations in `migrations/versions/` create it and must stay in step with it (a test compares them).
@@ -19,11 +22,15 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
+    UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -109,6 +116,8 @@ class VerdictRow(Base):
     load_ms: Mapped[float | None] = mapped_column(Float)
     score_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+    uncertain: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    embedding_reused: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
 
     __table_args__ = (
         # The one invariant the database can check cheaply: a status the code knows how to read back.
@@ -122,5 +131,65 @@ class VerdictRow(Base):
     )
 
 
-# The Core table, for bulk statements that need no ORM identity tracking.
+class EmbeddingRow(Base):
+    """The normalised image embedding of one image content under one model, as float16 bytes.
+
+    Verdicts reach it through (model_id, image_sha256): many events with the same bytes share one row.
+    """
+
+    __tablename__ = "embeddings"
+
+    model_id: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    image_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), nullable=False)
+    dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        PrimaryKeyConstraint("model_id", "image_sha256", name="pk_embeddings"),
+        Index("ix_embeddings_created_at", "created_at"),  # retention deletes by age
+    )
+
+
+class ShadowVerdictRow(Base):
+    """A shadow policy's decision for one event; idempotent on (event_id, policy_hash)."""
+
+    __tablename__ = "shadow_verdicts"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    policy_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    policy_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), nullable=False)
+    flagged: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    top_category: Mapped[str] = mapped_column(String(64), nullable=False)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)
+    uncertain: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    scores: Mapped[dict[str, Any]] = mapped_column(ScoresJSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "policy_hash"),
+        Index("ix_shadow_verdicts_policy_hash_created_at", "policy_hash", "created_at"),
+    )
+
+
+class ReviewOutcomeRow(Base):
+    """A reviewer's decision on a flagged event: the latest decision per event is kept."""
+
+    __tablename__ = "review_outcomes"
+
+    event_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)  # confirmed | overturned
+    category: Mapped[str | None] = mapped_column(String(64))  # the category that really applies, if another
+    reviewer: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+    __table_args__ = (CheckConstraint("outcome IN ('confirmed', 'overturned')", name="outcome"),)
+
+
+# The Core tables, for bulk statements that need no ORM identity tracking.
 verdicts_table: Table = Base.metadata.tables["verdicts"]
+embeddings_table: Table = Base.metadata.tables["embeddings"]
+shadow_verdicts_table: Table = Base.metadata.tables["shadow_verdicts"]
+review_outcomes_table: Table = Base.metadata.tables["review_outcomes"]

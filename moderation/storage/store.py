@@ -24,8 +24,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from moderation.exceptions import ConfigurationError, ModerationError
-from moderation.storage.models import verdicts_table
-from moderation.verdict import Verdict, VerdictStatus
+from moderation.storage.models import embeddings_table, shadow_verdicts_table, verdicts_table
+from moderation.verdict import ShadowVerdict, Verdict, VerdictStatus
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000  # wait this long for another writer instead of failing at once
 POSTGRES_CONNECT_TIMEOUT_S = 10  # libpq waits forever by default; a dead host should fail a health check
@@ -139,6 +139,32 @@ def _to_row(verdict: Verdict) -> dict[str, Any]:
         "error_detail": verdict.error_detail,
         "load_ms": verdict.load_ms,
         "score_ms": verdict.score_ms,
+        "uncertain": verdict.uncertain,
+        "embedding_reused": verdict.embedding_reused,
+    }
+
+
+def _embedding_row(verdict: Verdict) -> dict[str, Any] | None:
+    if verdict.embedding is None or verdict.embedding_reused or verdict.image_sha256 is None:
+        return None  # a reused embedding is stored already (or was pruned: then it stays pruned)
+    return {
+        "model_id": verdict.model_id,
+        "image_sha256": verdict.image_sha256,
+        "dim": int(verdict.embedding.shape[-1]),
+        "vector": verdict.embedding.astype("<f2").tobytes(),
+    }
+
+
+def _shadow_row(shadow: ShadowVerdict) -> dict[str, Any]:
+    return {
+        "event_id": shadow.event_id,
+        "policy_version": shadow.policy_version,
+        "policy_hash": shadow.policy_hash,
+        "flagged": shadow.flagged,
+        "top_category": shadow.top_category,
+        "action": shadow.action,
+        "uncertain": shadow.uncertain,
+        "scores": dict(shadow.scores),
     }
 
 
@@ -164,6 +190,8 @@ def _to_verdict(row: Mapping[str, Any]) -> Verdict:
         load_ms=row["load_ms"],
         score_ms=row["score_ms"],
         created_at=row["created_at"],
+        uncertain=bool(row["uncertain"]),
+        embedding_reused=bool(row["embedding_reused"]),
     )
 
 
@@ -177,8 +205,14 @@ class VerdictStore:
         self._engine = engine
         self._insert = _INSERTS[dialect_name]
         self._max_parameters = _max_bind_parameters(dialect_name)
-        # Every inserted row binds the same columns; size multi-row INSERTs to fit the parameter limit.
-        self._rows_per_insert = max(1, self._max_parameters // len(verdicts_table.columns))
+
+    def _insert_ignoring_repeats(self, conn: Any, table: Any, rows: Sequence[dict[str, Any]], key: list[Any]) -> None:
+        """Multi-row INSERT ... ON CONFLICT (key) DO NOTHING, in chunks that fit the parameter limit."""
+        if not rows:
+            return
+        per_insert = max(1, self._max_parameters // len(rows[0]))
+        for chunk in _chunks(rows, per_insert):
+            conn.execute(self._insert(table).values(list(chunk)).on_conflict_do_nothing(index_elements=key))
 
     @property
     def engine(self) -> Engine:
@@ -188,22 +222,35 @@ class VerdictStore:
         """Record `verdicts` in one transaction; return, in input order, what the database holds for each.
 
         An event_id already stored keeps its original row, and the original comes back; repeats of one
-        event_id within the batch collapse to the first. Either the whole batch is written or nothing is.
+        event_id within the batch collapse to the first. The verdicts' new embeddings and shadow verdicts
+        are written in the same transaction, equally idempotent. Either all of it is written or nothing.
         """
         if not verdicts:
             return []
-        first_rows: dict[str, dict[str, Any]] = {}
+        first: dict[str, Verdict] = {}
         for verdict in verdicts:
-            first_rows.setdefault(verdict.event_id, _to_row(verdict))
-        rows = list(first_rows.values())
-        event_ids = list(first_rows)
+            first.setdefault(verdict.event_id, verdict)
+        rows = [_to_row(v) for v in first.values()]
+        event_ids = list(first)
+        embeddings = {
+            (row["model_id"], row["image_sha256"]): row
+            for v in first.values()
+            if (row := _embedding_row(v)) is not None
+        }
+        shadows = [_shadow_row(shadow) for v in first.values() for shadow in v.shadows]
         table = verdicts_table
         stored: dict[str, Verdict] = {}
         try:
             with self._engine.begin() as conn:
-                for chunk in _chunks(rows, self._rows_per_insert):
-                    insert = self._insert(table).values(list(chunk))
-                    conn.execute(insert.on_conflict_do_nothing(index_elements=[table.c.event_id]))
+                self._insert_ignoring_repeats(conn, table, rows, [table.c.event_id])
+                self._insert_ignoring_repeats(
+                    conn, embeddings_table, list(embeddings.values()),
+                    [embeddings_table.c.model_id, embeddings_table.c.image_sha256],
+                )
+                self._insert_ignoring_repeats(
+                    conn, shadow_verdicts_table, shadows,
+                    [shadow_verdicts_table.c.event_id, shadow_verdicts_table.c.policy_hash],
+                )
                 # Read back inside the same transaction: rows we inserted and rows that were already
                 # there (including ones a concurrent writer committed while we waited on its lock).
                 for id_chunk in _chunks(event_ids, self._max_parameters):
