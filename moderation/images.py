@@ -1,7 +1,11 @@
 """Image loading: fetch an event's image bytes under limits and decode them to an RGB picture.
 
 Every failure raises `ImageLoadError` with a short reason code; the pipeline turns it into an
-``error`` verdict for that one event while the rest of the batch goes on.
+``error`` verdict for that one event while the rest of the batch goes on. Uploads are hostile input, so
+everything that can be judged from the header is judged before a pixel is decoded: the format
+(`images.allowed_formats`), the pixel count (`images.max_pixels`, Pillow's decompression-bomb warning
+promoted to an error) and JPEG scan counts; the decode itself runs under a time budget (`load_bytes`).
+Fetching the bytes (and the SSRF guard) lives in `moderation.fetch`.
 
 Given the model's `PreprocessSpec`, loading also produces the model input (`LoadedImage.pixels`):
 JPEGs are decoded at a reduced DCT scale and the picture is resized, cropped and normalised here, in
@@ -11,37 +15,82 @@ the loader threads, so that work overlaps the forward pass instead of running be
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass, replace
 from io import BytesIO
-from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from moderation.events import ImageEvent
 from moderation.exceptions import ImageLoadError
+
+# The fetching reasons are re-exported: every reason an image can fail with is importable from here.
+from moderation.fetch import REASON_BLOCKED_ADDRESS as REASON_BLOCKED_ADDRESS
+from moderation.fetch import REASON_FETCH_FAILED as REASON_FETCH_FAILED
+from moderation.fetch import REASON_NOT_ALLOWED as REASON_NOT_ALLOWED
+from moderation.fetch import REASON_NOT_AN_IMAGE, fetch_bytes
+from moderation.fetch import REASON_NOT_FOUND as REASON_NOT_FOUND
+from moderation.fetch import REASON_TOO_LARGE as REASON_TOO_LARGE
 from moderation.preprocess import PreprocessSpec, draft_size, to_pixels
 from moderation.settings import ImageSettings
 
 if TYPE_CHECKING:  # only for the pixels' type: loading images needs no torch
     import torch
 
-REASON_TOO_LARGE = "too_large"
-REASON_NOT_FOUND = "not_found"
-REASON_FETCH_FAILED = "fetch_failed"
-REASON_NOT_ALLOWED = "not_allowed"
-REASON_NOT_AN_IMAGE = "not_an_image"
 REASON_TOO_MANY_PIXELS = "too_many_pixels"
 REASON_DECODE_FAILED = "decode_failed"
+REASON_FORMAT_NOT_ALLOWED = "format_not_allowed"
+REASON_DECODE_TIMEOUT = "decode_timeout"
 
-_READ_CHUNK = 256 * 1024
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the picture by 90 degrees (with or without a flip)
+# Each scan of a progressive JPEG revisits every block of the picture, and a scan can take a few bytes:
+# thousands of them make a small file that decodes for minutes (libjpeg has no limit of its own).
+# Encoders write about 10; an EXIF thumbnail adds its own.
+MAX_JPEG_SCANS = 100
+_DEFAULT_LIMITS = ImageSettings()
+# warnings.catch_warnings swaps the process-wide filter list; two loader threads doing it at once can
+# restore each other's lists out of order. Opening (header parsing: microseconds) is serialised instead.
+_OPEN_LOCK = threading.Lock()
+
+
+class _OverBudget(Exception):  # noqa: N818 - internal signal, never escapes this module
+    """Raised from inside Pillow's reads once the decode deadline has passed."""
+
+
+class _BudgetedBytes(BytesIO):
+    """The encoded image as a file that refuses to be read after `deadline`.
+
+    Pillow parses headers and feeds most decoders (PNG, JPEG, GIF, BMP, uncompressed TIFF) through
+    `read`, at most 64 KB at a time, so a decode over budget stops at its next read.
+    """
+
+    def __init__(self, data: bytes, deadline: float) -> None:
+        super().__init__(data)
+        self.deadline = deadline
+
+    def _check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _OverBudget(f"stopped at byte {self.tell()} of {len(self.getbuffer())}")
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check()
+        return super().read(size)
+
+    def read1(self, size: int | None = -1) -> bytes:
+        self._check()
+        return super().read1(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        self._check()
+        return super().readline(size)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self._check()
+        return super().readinto(buffer)
 
 
 @dataclass(frozen=True)
@@ -75,37 +124,60 @@ def load_image(
 def load_bytes(
     data: bytes, limits: ImageSettings, spec: PreprocessSpec | None = None, *, defer_jpeg: bool = False
 ) -> LoadedImage:
-    """`load_image` for bytes already fetched (`load_ms` counts the decoding only)."""
+    """`load_image` for bytes already fetched (`load_ms` counts the decoding only).
+
+    The decode time budget (`limits.decode_timeout_s`) covers opening, decoding, orientation, colour
+    conversion and preprocessing, and is kept as follows. Checks that need no decoding come first
+    (format, pixel count, JPEG scan count). Header parsing and the PNG, JPEG, GIF, BMP and uncompressed
+    TIFF decoders read the bytes through a file that refuses reads past the deadline, so they stop
+    within one 64 KB step of it. Codecs that decode in one native call (WebP, compressed TIFF via
+    libtiff) cannot be interrupted from Python: they run to the end, bounded by `max_pixels`. Whatever
+    ran over, the image is then refused with ``decode_timeout``, whichever codec it used.
+    """
     started = time.perf_counter()
+    deadline = time.monotonic() + limits.decode_timeout_s
     sha256 = hashlib.sha256(data).hexdigest()
     if defer_jpeg:
-        orientation = _gpu_decodable_jpeg(data, limits.max_pixels)
+        orientation = _gpu_decodable_jpeg(data, limits)
         if orientation is not None:
             elapsed = (time.perf_counter() - started) * 1000.0
             return LoadedImage(None, sha256, len(data), elapsed, encoded=data, orientation=orientation)
-    image, source_size = _decode(data, limits.max_pixels, spec)
+    image, source_size = _decode(data, limits, spec, deadline)
     if spec is None:
+        _check_budget(started, limits)
         return LoadedImage(image, sha256, len(data), (time.perf_counter() - started) * 1000.0)
     try:
         pixels = to_pixels(image, spec, source_size)
     except (OSError, ValueError, MemoryError) as exc:
         raise ImageLoadError(REASON_DECODE_FAILED, f"preprocessing failed: {exc}") from exc
+    _check_budget(started, limits)
     # The picture is dropped once the model input exists: a worker holds several batches in flight,
     # and 600 KB per image (224 px) beats the decoded upload (36 MB for a 12 Mpx PNG).
     return LoadedImage(None, sha256, len(data), (time.perf_counter() - started) * 1000.0, pixels=pixels)
 
 
-def _gpu_decodable_jpeg(data: bytes, max_pixels: int) -> int | None:
+def _check_budget(started: float, limits: ImageSettings) -> None:
+    elapsed = time.perf_counter() - started
+    if elapsed > limits.decode_timeout_s:
+        budget = limits.decode_timeout_s
+        raise ImageLoadError(REASON_DECODE_TIMEOUT, f"took {elapsed:.2f} s, over images.decode_timeout_s={budget}")
+
+
+def _gpu_decodable_jpeg(data: bytes, limits: ImageSettings) -> int | None:
     """The EXIF orientation of a JPEG nvjpeg can decode as is, from its header; None for anything else.
 
-    Anything else - other formats, CMYK JPEGs, oversized or unreadable headers - goes the CPU way,
-    which also produces the right error for it.
+    Anything else - other formats, CMYK JPEGs, oversized, unreadable or scan-heavy headers - goes the
+    CPU way, which also produces the right error for it.
     """
+    if "JPEG" not in limits.allowed_formats:
+        return None
     try:
-        with warnings.catch_warnings():
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(BytesIO(data))
-        if image.format != "JPEG" or image.mode not in ("RGB", "L") or image.width * image.height > max_pixels:
+            image = Image.open(BytesIO(data), formats=["JPEG"])
+        if image.mode not in ("RGB", "L") or image.width * image.height > limits.max_pixels:
+            return None
+        if _jpeg_scans(image, data) > MAX_JPEG_SCANS:
             return None
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception:  # noqa: BLE001 - not for the GPU, whatever the reason: the CPU path will say why
@@ -113,122 +185,36 @@ def _gpu_decodable_jpeg(data: bytes, max_pixels: int) -> int | None:
     return orientation if orientation in range(1, 9) else 1
 
 
-def fetch_bytes(event: ImageEvent, limits: ImageSettings) -> bytes:
-    if event.inline_bytes is not None:
-        data = event.inline_bytes
-    else:
-        assert event.image_url is not None  # the event contract guarantees one of the two
-        url = urlsplit(event.image_url)
-        scheme = url.scheme.lower()
-        if scheme == "file":
-            data = _read_file(url.path, limits)
-        elif scheme in ("http", "https"):
-            data = _read_http(event.image_url, limits)
-        else:  # pragma: no cover - refused by the event contract already
-            raise ImageLoadError(REASON_NOT_ALLOWED, f"scheme {scheme!r}")
-    if len(data) > limits.max_bytes:
-        raise ImageLoadError(REASON_TOO_LARGE, f"{len(data)} bytes is over the limit of {limits.max_bytes}")
-    if not data:
-        raise ImageLoadError(REASON_NOT_AN_IMAGE, "zero bytes")
-    return data
-
-
-def _read_file(raw_path: str, limits: ImageSettings) -> bytes:
-    if not limits.allow_file:
-        raise ImageLoadError(REASON_NOT_ALLOWED, "file:// images are disabled (images.allow_file)")
-    path = Path(unquote(raw_path))
-    if limits.file_root is not None:
-        root = limits.file_root.resolve()
-        if not path.resolve().is_relative_to(root):
-            raise ImageLoadError(REASON_NOT_ALLOWED, f"{path} is outside images.file_root {root}")
-    try:
-        with path.open("rb") as handle:
-            return _read_capped(handle, limits.max_bytes)
-    except FileNotFoundError as exc:
-        raise ImageLoadError(REASON_NOT_FOUND, f"no such file: {path}") from exc
-    except (IsADirectoryError, PermissionError, OSError) as exc:
-        raise ImageLoadError(REASON_FETCH_FAILED, f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _read_http(url: str, limits: ImageSettings) -> bytes:
-    if not limits.allow_http:
-        raise ImageLoadError(REASON_NOT_ALLOWED, "http(s) images are disabled (images.allow_http)")
-    request = urllib.request.Request(url, headers={"User-Agent": "moderation-image-fetcher"})  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=limits.fetch_timeout_s) as response:  # noqa: S310
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > limits.max_bytes:
-                raise ImageLoadError(REASON_TOO_LARGE, f"Content-Length {length} is over {limits.max_bytes}")
-            return _read_capped(response, limits.max_bytes, deadline=time.monotonic() + limits.fetch_timeout_s)
-    except urllib.error.HTTPError as exc:
-        reason = REASON_NOT_FOUND if exc.code in (404, 410) else REASON_FETCH_FAILED
-        raise ImageLoadError(reason, f"HTTP {exc.code} from {url}") from exc
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise ImageLoadError(REASON_FETCH_FAILED, f"{url}: {getattr(exc, 'reason', exc)}") from exc
-
-
-def _read_capped(handle, max_bytes: int, deadline: float | None = None) -> bytes:  # noqa: ANN001 - binary file-like
-    """Read at most max_bytes + 1 so an endless body cannot exhaust memory, and stop at `deadline`.
-
-    The socket timeout bounds each read; the deadline bounds the whole body, so a server trickling a
-    byte at a time cannot hold a loader thread for longer than the fetch timeout (plus one read).
-    """
-    # read1() returns what has arrived instead of waiting for a full chunk, so the deadline is checked
-    # between network reads even when a server trickles bytes.
-    read = getattr(handle, "read1", handle.read)
-    chunks: list[bytes] = []
-    total = 0
-    while total <= max_bytes:
-        if deadline is not None and time.monotonic() > deadline:
-            raise ImageLoadError(REASON_FETCH_FAILED, f"body not received within the fetch timeout ({total} bytes)")
-        chunk = read(min(_READ_CHUNK, max_bytes + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    if total > max_bytes:
-        raise ImageLoadError(REASON_TOO_LARGE, f"more than {max_bytes} bytes")
-    return b"".join(chunks)
-
-
 def decode_image(data: bytes, max_pixels: int, draft_to: PreprocessSpec | None = None) -> Image.Image:
-    """Decode to RGB with the pixel count checked from the header, before any pixel is decoded.
+    """Decode to RGB with the format and pixel count checked from the header, before any pixel is decoded.
 
     With `draft_to`, a JPEG is decoded at a reduced DCT scale (1/2, 1/4 or 1/8) that still leaves its
     shortest edge at least the spec's resize target: most of the decoding work is skipped, and
-    `to_pixels` gives nearly the same model input (pass it the full size, see `load_image`).
+    `to_pixels` gives nearly the same model input (pass it the full size, see `load_image`). The other
+    limits (formats, decode budget) are the defaults of `ImageSettings`.
     """
-    return _decode(data, max_pixels, draft_to)[0]
+    limits = _DEFAULT_LIMITS.model_copy(update={"max_pixels": max_pixels})
+    return _decode(data, limits, draft_to, time.monotonic() + limits.decode_timeout_s)[0]
 
 
-def _decode(data: bytes, max_pixels: int, draft_to: PreprocessSpec | None) -> tuple[Image.Image, tuple[int, int]]:
+def _decode(
+    data: bytes, limits: ImageSettings, draft_to: PreprocessSpec | None, deadline: float
+) -> tuple[Image.Image, tuple[int, int]]:
     """The RGB picture and the (width, height) it has at full resolution, EXIF orientation applied."""
     # Pillow's own bomb check (in Image.open, ~89 Mpx by default) must not be stricter than the setting,
     # or `max_pixels` could never be raised above it. It is only ever raised, never lowered.
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-    with warnings.catch_warnings():
-        # Pillow only warns below twice its own limit; a decompression bomb must be an error here.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(BytesIO(data))
-        except UnidentifiedImageError as exc:
-            raise ImageLoadError(REASON_NOT_AN_IMAGE, "not a recognised image format") from exc
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageLoadError(REASON_TOO_MANY_PIXELS, str(exc)) from exc
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageLoadError(REASON_DECODE_FAILED, f"unreadable header: {exc}") from exc
+    if Image.MAX_IMAGE_PIXELS is not None and limits.max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    source = _BudgetedBytes(data, deadline)
+    try:
+        image = _open_checked(source, data, limits)
         width, height = image.size
-        if width * height > max_pixels:
-            raise ImageLoadError(
-                REASON_TOO_MANY_PIXELS, f"{width}x{height} is over the limit of {max_pixels} pixels"
-            )
         try:
             if draft_to is not None and image.format in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG
                 # Before load(): the scale is chosen in the decoder. The request is square (see
                 # draft_size), so it holds whichever way the EXIF orientation turns the picture.
                 image.draft("RGB", draft_size(width, height, draft_to))
-            image.load()
+            image.load()  # for an animated GIF, WebP or PNG and a multi-page TIFF: the first frame only
             orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
             if orientation in _SWAPS_AXES:
                 width, height = height, width
@@ -239,6 +225,63 @@ def _decode(data: bytes, max_pixels: int, draft_to: PreprocessSpec | None) -> tu
             raise ImageLoadError(REASON_TOO_MANY_PIXELS, str(exc)) from exc
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise ImageLoadError(REASON_DECODE_FAILED, f"{image.format or 'image'}: {exc}") from exc
+    except _OverBudget as exc:
+        raise ImageLoadError(
+            REASON_DECODE_TIMEOUT, f"over images.decode_timeout_s={limits.decode_timeout_s} while decoding, {exc}"
+        ) from exc
+
+
+def _open_checked(source: _BudgetedBytes, data: bytes, limits: ImageSettings) -> Image.Image:
+    """Open (parse the header of) an image in an allowed format, within the pixel and scan limits."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        # Pillow only warns below twice its own limit; a decompression bomb must be an error here.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            # Only the allowed formats' plugins parse the bytes; the others are asked only to name a
+            # refused format.
+            image = Image.open(source, formats=list(limits.allowed_formats))
+        except UnidentifiedImageError as exc:
+            name = _identify(source)
+            if name is not None:
+                raise ImageLoadError(
+                    REASON_FORMAT_NOT_ALLOWED, f"{name} is not one of images.allowed_formats"
+                ) from exc
+            raise ImageLoadError(REASON_NOT_AN_IMAGE, "not a recognised image format") from exc
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageLoadError(REASON_TOO_MANY_PIXELS, str(exc)) from exc
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ImageLoadError(REASON_DECODE_FAILED, f"unreadable header: {exc}") from exc
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        limit = limits.max_pixels
+        raise ImageLoadError(REASON_TOO_MANY_PIXELS, f"{width}x{height} is over the limit of {limit} pixels")
+    scans = _jpeg_scans(image, data)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageLoadError(
+            REASON_DECODE_TIMEOUT, f"progressive JPEG with {scans} scans (at most {MAX_JPEG_SCANS}): refused undecoded"
+        )
+    return image
+
+
+def _identify(source: _BudgetedBytes) -> str | None:
+    """The format Pillow would read `source` as, from its header alone; None if none would."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            source.seek(0)
+            return Image.open(source).format
+        except _OverBudget:
+            raise
+        except Exception:  # noqa: BLE001 - unreadable as anything: not an image
+            return None
+
+
+def _jpeg_scans(image: Image.Image, data: bytes) -> int:
+    """Start-of-scan markers in a progressive JPEG (0 for anything else). 0xFF is byte-stuffed inside
+    entropy-coded data, so every FF DA is a marker; those of an embedded thumbnail count too."""
+    if image.format not in ("JPEG", "MPO") or not image.info.get("progressive"):
+        return 0
+    return data.count(b"\xff\xda")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

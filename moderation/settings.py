@@ -118,10 +118,65 @@ class EmbeddingSettings(_Group):
 class ImageSettings(_Group):
     max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest encoded image accepted.")
     max_pixels: int = Field(64_000_000, ge=1, description="Largest decoded image (width x height).")
-    fetch_timeout_s: float = Field(10.0, gt=0, description="Connect and read timeout for http(s) images.")
+    allowed_formats: tuple[str, ...] = Field(
+        ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"),
+        min_length=1,
+        description="Image formats decoded, by Pillow name (JSON list); others are refused from the header.",
+    )
+    decode_timeout_s: float = Field(
+        5.0, gt=0, description="Time budget for decoding and preprocessing one image; over it, an error verdict."
+    )
+    fetch_timeout_s: float = Field(
+        10.0, gt=0, description="Total time for one http(s) image: connections, redirects, headers and body."
+    )
     allow_http: bool = Field(True, description="Accept http(s):// image URLs.")
+    allowed_url_hosts: tuple[str, ...] = Field(
+        (),
+        description='Hosts http(s) images may come from (JSON list, "*.example.com" for subdomains); empty: any.',
+    )
+    allow_private_networks: bool = Field(
+        False, description="Let http(s) images come from loopback, private and link-local addresses."
+    )
+    max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed per http(s) image, each checked anew.")
     allow_file: bool = Field(True, description="Accept file:// image URLs.")
     file_root: Path | None = Field(None, description="If set, file:// images must lie under this directory.")
+
+    @field_validator("allowed_formats")
+    @classmethod
+    def _known_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from PIL import Image  # only here: reading settings needs no imaging library otherwise
+
+        Image.init()
+        formats = tuple(dict.fromkeys(name.strip().upper() for name in value))
+        unknown = [name for name in formats if name not in Image.OPEN]
+        if unknown:
+            raise ValueError(f"unknown to Pillow: {', '.join(unknown)}")
+        return formats
+
+    @field_validator("allowed_url_hosts")
+    @classmethod
+    def _host_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        hosts = []
+        for raw in value:
+            host = raw.strip().rstrip(".").lower()
+            wildcard, name = ("*.", host[2:]) if host.startswith("*.") else ("", host)
+            try:
+                name = name if name.isascii() else name.encode("idna").decode("ascii")  # as URLs are matched
+            except UnicodeError as exc:
+                raise ValueError(f"{raw!r}: {exc}") from exc
+            if not name or (any(c in name for c in "*/:@?#[] ") and not cls._is_ipv6(name)):
+                raise ValueError(f"{raw!r} is not a host name, an IP address or '*.' and a domain")
+            hosts.append(wildcard + name)
+        return tuple(hosts)
+
+    @staticmethod
+    def _is_ipv6(text: str) -> bool:
+        from ipaddress import ip_address
+
+        try:
+            return ip_address(text).version == 6
+        except ValueError:
+            return False
 
 
 class OpsSettings(_Group):

@@ -50,6 +50,8 @@ WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
 
 DEFAULT_LIMITS = ImageSettings()
+# The loopback test server is a private address: only reachable when private networks are allowed.
+LOCAL = ImageSettings(allow_private_networks=True)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -610,7 +612,7 @@ def local_url(server: _Server, path: str) -> str:
 
 
 def test_http_image_loads(http_server: _Server) -> None:
-    loaded = load_image(url_event(local_url(http_server, "/image.png")), DEFAULT_LIMITS)
+    loaded = load_image(url_event(local_url(http_server, "/image.png")), LOCAL)
     assert loaded.image.mode == "RGB"
     assert loaded.image.size == (32, 24)
     assert loaded.sha256 == hashlib.sha256(http_server.image).hexdigest()
@@ -622,22 +624,22 @@ def test_http_image_loads(http_server: _Server) -> None:
     [("/missing.png", REASON_NOT_FOUND), ("/gone.png", REASON_NOT_FOUND), ("/error.png", REASON_FETCH_FAILED)],
 )
 def test_http_status_codes(http_server: _Server, path: str, reason: str) -> None:
-    error = refused(url_event(local_url(http_server, path)))
+    error = refused(url_event(local_url(http_server, path)), LOCAL)
     assert error.reason == reason
     assert path in error.detail
 
 
 def test_http_404_detail_names_the_status(http_server: _Server) -> None:
-    assert "HTTP 404" in refused(url_event(local_url(http_server, "/missing.png"))).detail
-    assert "HTTP 500" in refused(url_event(local_url(http_server, "/error.png"))).detail
+    assert "HTTP 404" in refused(url_event(local_url(http_server, "/missing.png")), LOCAL).detail
+    assert "HTTP 500" in refused(url_event(local_url(http_server, "/error.png")), LOCAL).detail
 
 
 def test_http_html_page_is_not_an_image(http_server: _Server) -> None:
-    assert refused(url_event(local_url(http_server, "/html.png"))).reason == REASON_NOT_AN_IMAGE
+    assert refused(url_event(local_url(http_server, "/html.png")), LOCAL).reason == REASON_NOT_AN_IMAGE
 
 
 def test_http_slow_endpoint_times_out(http_server: _Server) -> None:
-    limits = ImageSettings(fetch_timeout_s=0.5)
+    limits = ImageSettings(fetch_timeout_s=0.5, allow_private_networks=True)
     started = time.monotonic()
     error = refused(url_event(local_url(http_server, "/slow.png")), limits)
     elapsed = time.monotonic() - started
@@ -646,7 +648,7 @@ def test_http_slow_endpoint_times_out(http_server: _Server) -> None:
 
 
 def test_http_trickling_body_is_cut_off_at_the_fetch_timeout(http_server: _Server) -> None:
-    limits = ImageSettings(fetch_timeout_s=0.5)
+    limits = ImageSettings(fetch_timeout_s=0.5, allow_private_networks=True)
     started = time.monotonic()
     error = refused(url_event(local_url(http_server, "/trickle.png")), limits)
     elapsed = time.monotonic() - started
@@ -664,13 +666,14 @@ def test_max_pixels_above_pillows_own_limit_is_honoured() -> None:
 
 
 def test_http_declared_length_over_the_limit_is_too_large(http_server: _Server) -> None:
-    error = refused(url_event(local_url(http_server, "/declared-huge.png")), ImageSettings(max_bytes=10_000))
+    limits = ImageSettings(max_bytes=10_000, allow_private_networks=True)
+    error = refused(url_event(local_url(http_server, "/declared-huge.png")), limits)
     assert error.reason == REASON_TOO_LARGE
     assert error.detail == f"Content-Length {10**9} is over 10000"
 
 
 def test_http_stream_without_length_is_capped(http_server: _Server) -> None:
-    limits = ImageSettings(max_bytes=10_000)
+    limits = ImageSettings(max_bytes=10_000, allow_private_networks=True)
     event = url_event(local_url(http_server, "/stream.png"))
     with pytest.raises(ImageLoadError) as info:
         fetch_bytes(event, limits)
@@ -683,7 +686,8 @@ def test_http_connection_refused_is_fetch_failed() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # Nothing listens on the port any more.
-    error = refused(url_event(f"http://127.0.0.1:{port}/a.png"), ImageSettings(fetch_timeout_s=2))
+    limits = ImageSettings(fetch_timeout_s=2, allow_private_networks=True)
+    error = refused(url_event(f"http://127.0.0.1:{port}/a.png"), limits)
     assert error.reason == REASON_FETCH_FAILED
 
 
