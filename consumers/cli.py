@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from consumers.logs import configure_logging
+from consumers.outcome_commands import register as register_outcome_commands
+from consumers.policy_commands import register as register_policy_commands
 from moderation import __version__
-from moderation.exceptions import ModerationError, PolicyError
+from moderation.exceptions import ModerationError
 from moderation.settings import Settings
 
 EXIT_OK = 0
@@ -24,22 +26,22 @@ def _cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _cmd_policy_check(args: argparse.Namespace, settings: Settings) -> int:
-    from moderation.policy import load_policy
+def _cmd_embeddings_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
 
-    status = EXIT_OK
-    for path in args.files or [settings.policy.path]:
-        try:
-            loaded = load_policy(path)
-        except PolicyError as exc:
-            print(exc, file=sys.stderr)
-            status = EXIT_FAILED
-            continue
-        print(f"{loaded.path}: ok  version={loaded.version}  sha256={loaded.sha256[:16]}")
-        for name, category in loaded.policy.categories.items():
-            rule = f"threshold {category.threshold:.2f} -> {category.action.value}" if category.unsafe else "safe"  # type: ignore[union-attr]
-            print(f"  {name:<16} {len(category.prompts):>3} prompts  {rule}")
-    return status
+    from moderation.storage import EmbeddingStore, create_engine_for
+
+    days = settings.embeddings.retention_days if args.older_than_days is None else args.older_than_days
+    if days <= 0:
+        print("retention is 0 (keep embeddings forever): nothing to prune")
+        return EXIT_OK
+    engine = create_engine_for(settings.database_url)
+    try:
+        deleted = EmbeddingStore(engine).prune(timedelta(days=days))
+    finally:
+        engine.dispose()
+    print(f"deleted {deleted} embeddings stored more than {days:g} days ago")
+    return EXIT_OK
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -103,9 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy = commands.add_parser("policy", help="policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
-    check = policy_commands.add_parser("check", help="validate policy files (default: the configured one)")
-    check.add_argument("files", nargs="*", type=Path, help="policy YAML files")
-    check.set_defaults(handler=_cmd_policy_check)
+    register_policy_commands(policy_commands)
+    register_outcome_commands(commands, policy_commands)  # outcomes run, policy precision
+
+    embeddings = commands.add_parser("embeddings", help="stored image embeddings")
+    embeddings_commands = embeddings.add_subparsers(dest="embeddings_command", required=True, metavar="SUBCOMMAND")
+    prune = embeddings_commands.add_parser(
+        "prune", help="delete embeddings older than the retention (MODERATION_EMBEDDINGS__RETENTION_DAYS)"
+    )
+    prune.add_argument("--older-than-days", type=float, default=None, help="override the retention setting")
+    prune.set_defaults(handler=_cmd_embeddings_prune)
 
     show = commands.add_parser("settings", help="print the effective settings, secrets masked")
     show.set_defaults(handler=_cmd_settings)

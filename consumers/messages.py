@@ -35,6 +35,7 @@ def review_payload(verdict: Verdict) -> dict[str, Any]:
         "uploaded_at": verdict.uploaded_at.isoformat(),
         "top_category": verdict.top_category,
         "action": verdict.action,
+        "uncertain": verdict.uncertain,  # sent to review because a score fell in the policy's uncertain band
         "scores": verdict.scores,
         "best_prompt": verdict.best_prompt,
         "policy_version": verdict.policy_version,

@@ -56,7 +56,28 @@ class WorkerMetrics:
             registry=r,
         )
         self.model = Info("moderation_model", "The model in use.", registry=r)
-        self.policy = Info("moderation_policy", "The policy in force.", registry=r)
+        self.policy = Info("moderation_policy", "The default policy in force.", registry=r)
+        self.policy_reloads = Counter(
+            "moderation_policy_reloads",
+            "Edited policy files: applied, or refused because they did not validate (the last good one stays).",
+            ["result"],
+            registry=r,
+        )
+        self.uncertain = Counter(
+            "moderation_uncertain", "Items sent to review as uncertain, by category.", ["category"], registry=r
+        )
+        self.embeddings_reused = Counter(
+            "moderation_embeddings_reused", "Images whose stored embedding was reused (no forward pass).", registry=r
+        )
+        self.shadow_verdicts = Counter(
+            "moderation_shadow_verdicts", "Shadow policy verdicts, by policy version and flagged.",
+            ["policy_version", "flagged"], registry=r,
+        )
+        self.shadow_disagreements = Counter(
+            "moderation_shadow_disagreements",
+            "Shadow verdicts whose flagged differs from the verdict acted on, by shadow policy version.",
+            ["policy_version"], registry=r,
+        )
 
     def batch_committed(self, result: BatchResult, commit_s: float) -> None:
         now = datetime.now(timezone.utc)

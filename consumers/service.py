@@ -16,26 +16,41 @@ from consumers.ops import CachedCheck, OpsServer
 from consumers.worker import BatchResult, Worker
 from moderation.exceptions import ConfigurationError
 from moderation.moderator import Moderator
-from moderation.policy import load_policy
+from moderation.policy_book import PolicyFiles
+from moderation.reuse import EmbeddingCache
 from moderation.scorer import ClipScorer
 from moderation.settings import Settings
-from moderation.storage import VerdictStore, create_engine_for
+from moderation.storage import EmbeddingStore, VerdictStore, create_engine_for
 from moderation.storage.migrate import current_revision, head_revision
 
 log = structlog.get_logger("moderation.service")
 
 
-def build_moderator(settings: Settings, model: str | None = None) -> Moderator:
-    """Load the policy first (cheap, and the likelier mistake), then the model, then warm the text side."""
-    policy = load_policy(settings.policy.path)
+def build_moderator(settings: Settings, model: str | None = None, store: VerdictStore | None = None) -> Moderator:
+    """Load the policies first (cheap, and the likelier mistake), then the model, then warm the text side.
+
+    With a `store`, images already embedded by this model are looked up in its embeddings table.
+    """
+    files = PolicyFiles(settings.policy)
     scorer = ClipScorer.from_settings(settings.model, model)
-    scorer.policy_embeddings(policy)
+    book = files.book
+    for policy in book.every_policy():
+        scorer.policy_text(policy)
     log.info(
-        "model and policy loaded", model=scorer.model_id, device=str(scorer.device), precision=scorer.precision,
-        policy=policy.path, policy_version=policy.version, policy_hash=policy.sha256[:12],
+        "model and policies loaded", model=scorer.model_id, device=str(scorer.device), precision=scorer.precision,
+        policy=book.default.path, policy_version=book.default.version, policy_hash=book.default.sha256[:12],
+        by_source={source: p.version for source, p in book.by_source.items()},
+        shadows=[p.version for p in book.shadows],
     )
     threads = settings.batching.loader_threads or 2 * (os.cpu_count() or 1)
-    return Moderator(scorer, policy, settings.images, loader_threads=threads)
+    embeddings = settings.embeddings
+    cache = None
+    if embeddings.reuse:
+        lookup = EmbeddingStore(store.engine).get_many if store is not None and embeddings.store else None
+        cache = EmbeddingCache(scorer.model_id, embeddings.cache_size, lookup)
+    return Moderator(
+        scorer, files, settings.images, loader_threads=threads, cache=cache, keep_embeddings=embeddings.store
+    )
 
 
 def open_store(settings: Settings) -> VerdictStore:
@@ -54,7 +69,7 @@ def open_store(settings: Settings) -> VerdictStore:
 def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator | None = None) -> BatchResult:
     """Run one group member until `stop` is set, then leave the group cleanly."""
     store = open_store(settings)
-    moderator = moderator or build_moderator(settings)
+    moderator = moderator or build_moderator(settings, store=store)
     consumer = make_consumer(settings)
     producer = make_producer(settings)
     worker = Worker(consumer=consumer, producer=producer, moderator=moderator, store=store, settings=settings)
@@ -100,10 +115,14 @@ def start_ops_server(settings: Settings, worker: Worker, store: VerdictStore) ->
         return count > 0, f"{count} partitions assigned"
 
     model = worker.moderator.scorer.model_id
-    policy = worker.moderator.policy
+
+    def policy() -> tuple[bool, str]:
+        default = worker.moderator.policy  # read each time: reloads swap it
+        return True, f"{default.path} version {default.version}"
+
     readiness = {
         "model": lambda: (True, f"{model} loaded"),
-        "policy": lambda: (True, f"{policy.path} version {policy.version}"),
+        "policy": policy,
         "database": CachedCheck(database),
         "partitions": partitions,
         "loop": polling,

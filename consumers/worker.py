@@ -38,7 +38,7 @@ from moderation.exceptions import EventError, ModerationError
 from moderation.moderator import Moderator
 from moderation.settings import Settings
 from moderation.storage import StorageError, VerdictStore
-from moderation.verdict import VerdictStatus
+from moderation.verdict import Verdict, VerdictStatus
 
 log = structlog.get_logger("moderation.worker")
 
@@ -304,7 +304,27 @@ class Worker:
                 self._fatal = exc
                 self._abandon.set()
 
+    def _reload_policies(self) -> None:
+        """Between batches: apply edited policy files; a broken edit is refused and logged, the last good
+        version stays in force."""
+        report = self.moderator.refresh_policies()
+        for policy in report.applied:
+            self.metrics.policy_reloads.labels("applied").inc()
+            log.info(
+                "policy reloaded", policy=policy.path, policy_version=policy.version, policy_hash=policy.sha256[:12]
+            )
+        for error in report.refused:
+            self.metrics.policy_reloads.labels("refused").inc()
+            log.error(
+                "policy edit refused, the last good version stays in force",
+                policy=error.path, problems=[f"{field}: {problem}" for field, problem in error.problems],
+            )
+        if report.applied:
+            default = self.moderator.policy
+            self.metrics.policy.info({"version": default.version, "sha256": default.sha256})
+
     def _score(self, batch: Batch) -> None:
+        self._reload_policies()
         prepared: list[Prepared] = [future.result() for future in batch.prepared]
         scored = [p for p in prepared if p.event is not None]
         for p in scored:
@@ -322,14 +342,27 @@ class Worker:
                 )
             elif verdict.flagged:
                 log.info(
-                    "flagged", category=verdict.top_category, action=verdict.action,
+                    "flagged", category=verdict.top_category, action=verdict.action, uncertain=verdict.uncertain,
                     event_id=verdict.event_id, content_id=verdict.content_id, **record_fields(p.record),
                 )
-        self.metrics.images_scored.inc(sum(getattr(p.loaded, "load_ms", None) is not None for p in scored))
+            self._count_scored(verdict)
+        self.metrics.images_scored.inc(
+            sum(v.status is VerdictStatus.OK and not v.embedding_reused for v in verdicts)
+        )
         dead_letters = [p.dead_letter for p in prepared if p.dead_letter is not None]
         for message in dead_letters:
             self.metrics.dead_letters.labels(header(message.headers, "dlq.reason") or "unknown").inc()
         self._to_deliver.put((batch, verdicts, dead_letters))
+
+    def _count_scored(self, verdict: Verdict) -> None:
+        if verdict.uncertain:
+            self.metrics.uncertain.labels(verdict.top_category or "").inc()
+        if verdict.embedding_reused:
+            self.metrics.embeddings_reused.inc()
+        for shadow in verdict.shadows:
+            self.metrics.shadow_verdicts.labels(shadow.policy_version, str(shadow.flagged).lower()).inc()
+            if shadow.flagged != verdict.flagged:
+                self.metrics.shadow_disagreements.labels(shadow.policy_version).inc()
 
     def _deliver(self, item: tuple[Batch, list, list[OutgoingMessage]]) -> None:
         batch, verdicts, dead_letters = item

@@ -31,7 +31,7 @@ from moderation.events import ImageEvent
 from moderation.exceptions import ImageLoadError
 from moderation.images import REASON_DECODE_FAILED, LoadedImage, load_bytes, load_image
 from moderation.policy import LoadedPolicy
-from moderation.policy_book import PolicyBook
+from moderation.policy_book import PolicyBook, PolicyFiles, ReloadReport
 from moderation.reuse import EmbeddingCache
 from moderation.scoring import to_stored
 from moderation.settings import ImageSettings
@@ -89,7 +89,7 @@ class Moderator:
     def __init__(
         self,
         scorer: Scorer,
-        policy: LoadedPolicy | PolicyBook,
+        policy: LoadedPolicy | PolicyBook | PolicyFiles,
         limits: ImageSettings,
         loader_threads: int = 4,
         *,
@@ -97,7 +97,12 @@ class Moderator:
         keep_embeddings: bool = True,
     ) -> None:
         self.scorer = scorer
-        self.policies = policy if isinstance(policy, PolicyBook) else PolicyBook(policy)
+        # Watched files are re-checked by `refresh_policies`; a book or a single policy stays as given.
+        self.policy_files = policy if isinstance(policy, PolicyFiles) else None
+        if isinstance(policy, PolicyFiles):
+            self.policies = policy.book
+        else:
+            self.policies = policy if isinstance(policy, PolicyBook) else PolicyBook(policy)
         self.limits = limits
         self.cache = cache  # None: every image goes through the image tower
         self.keep_embeddings = keep_embeddings  # attach embeddings to verdicts, for storage
@@ -116,6 +121,15 @@ class Moderator:
             for policy in book.every_policy():
                 policy_text(policy)
         self.policies = book  # one assignment: a batch being scored keeps the book it started with
+
+    def refresh_policies(self) -> ReloadReport:
+        """Between batches: apply edited policy files that validate (see moderation/policy_book.py)."""
+        if self.policy_files is None:
+            return ReloadReport()
+        report = self.policy_files.check()
+        if report.applied:
+            self.use_policies(self.policy_files.book)
+        return report
 
     def close(self) -> None:
         if self._pool is not None:
@@ -271,7 +285,9 @@ class Moderator:
         try:
             return dict(zip(indices, self._score_many(scorer, items, use_pixels, policy), strict=True))
         except Exception:  # noqa: BLE001 - isolate the image that breaks the batch, score the rest alone
-            return {i: self._score_alone(scorer, item, use_pixels, policy) for i, item in zip(indices, items, strict=True)}
+            return {
+                i: self._score_alone(scorer, item, use_pixels, policy) for i, item in zip(indices, items, strict=True)
+            }
 
     def _shadow(
         self,

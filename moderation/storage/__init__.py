@@ -1,11 +1,14 @@
-"""Verdict storage: the verdicts table, the idempotent store over it, and the migrations that create it."""
+"""Storage: verdicts (and their embeddings, shadow verdicts and review outcomes), the migrations that create them."""
 
+from moderation.storage.embeddings import EmbeddingChunk, EmbeddingStore
 from moderation.storage.migrate import alembic_config, current_revision, head_revision, upgrade
 from moderation.storage.models import Base, VerdictRow, verdicts_table
 from moderation.storage.store import StorageError, VerdictStore, create_engine_for, normalise_url
 
 __all__ = [
     "Base",
+    "EmbeddingChunk",
+    "EmbeddingStore",
     "StorageError",
     "VerdictRow",
     "VerdictStore",

@@ -1,0 +1,147 @@
+"""Reading stored image embeddings: lookups for duplicate reuse, bulk scans for backtests, retention.
+
+Embeddings are written by `VerdictStore.save_batch`, in the same transaction as their verdicts. A scan
+joins them to verdicts on (model_id, image_sha256) and reads them in large chunks straight from the
+driver's cursor: a backtest over a million rows spends its time in the database, not in Python objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+from sqlalchemy import ColumnElement, Engine, Table, and_, delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from moderation.scoring import EMBEDDING_DTYPE
+from moderation.storage.models import embeddings_table, verdicts_table
+from moderation.storage.store import StorageError, _describe
+
+_LOOKUP_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class EmbeddingChunk:
+    """Stored verdicts with their embeddings, column-wise (row i of each belongs together)."""
+
+    event_ids: list[str]
+    content_ids: list[str]
+    sources: list[str]
+    flagged: np.ndarray  # bool [n]
+    top_categories: list[str | None]
+    actions: list[str | None]
+    policy_versions: list[str]
+    embeddings: np.ndarray  # float16 [n, dim]
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+
+class EmbeddingStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def get_many(self, model_id: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored embeddings (float16 [dim]) of the given content hashes under `model_id`."""
+        table = embeddings_table
+        found: dict[str, np.ndarray] = {}
+        try:
+            with self._engine.connect() as conn:
+                for start in range(0, len(hashes), _LOOKUP_CHUNK):
+                    query = select(table.c.image_sha256, table.c.vector).where(
+                        table.c.model_id == model_id, table.c.image_sha256.in_(hashes[start : start + _LOOKUP_CHUNK])
+                    )
+                    for content_hash, vector in conn.execute(query):
+                        found[content_hash] = np.frombuffer(vector, dtype=EMBEDDING_DTYPE)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not read embeddings: {_describe(exc)}") from exc
+        return found
+
+    def for_content_ids(self, model_id: str, content_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored embedding of each content id's scored verdicts under `model_id` (for labelled sets)."""
+        v, e = verdicts_table, embeddings_table
+        found: dict[str, np.ndarray] = {}
+        try:
+            with self._engine.connect() as conn:
+                for start in range(0, len(content_ids), _LOOKUP_CHUNK):
+                    query = (
+                        select(v.c.content_id, e.c.vector)
+                        .select_from(v.join(e, _same_image(v, e)))
+                        .where(v.c.model_id == model_id, v.c.content_id.in_(content_ids[start : start + _LOOKUP_CHUNK]))
+                        .order_by(v.c.id)  # the newest verdict of a content id comes last and wins
+                    )
+                    for content_id, vector in conn.execute(query):
+                        found[content_id] = np.frombuffer(vector, dtype=EMBEDDING_DTYPE)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not read embeddings: {_describe(exc)}") from exc
+        return found
+
+    def count(self) -> int:
+        try:
+            with self._engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(embeddings_table)).scalar_one())
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not count embeddings: {_describe(exc)}") from exc
+
+    def prune(self, older_than: timedelta, now: datetime | None = None) -> int:
+        """Delete embeddings stored before `now - older_than`; verdicts stay. Returns how many went."""
+        cutoff = (now or datetime.now(timezone.utc)) - older_than
+        try:
+            with self._engine.begin() as conn:
+                result = conn.execute(delete(embeddings_table).where(embeddings_table.c.created_at < cutoff))
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not prune embeddings: {_describe(exc)}") from exc
+        return int(result.rowcount or 0)
+
+    def scan(
+        self,
+        model_id: str,
+        since: datetime | None = None,
+        sources: Sequence[str] = (),
+        chunk_size: int = 100_000,
+    ) -> Iterator[EmbeddingChunk]:
+        """Every scored verdict (status ok) of `model_id` that has a stored embedding, in chunks."""
+        v, e = verdicts_table, embeddings_table
+        conditions = [v.c.model_id == model_id, v.c.status == "ok"]
+        if since is not None:
+            conditions.append(v.c.created_at >= since)
+        if sources:
+            conditions.append(v.c.source.in_(list(sources)))
+        query = (
+            select(
+                v.c.event_id, v.c.content_id, v.c.source, v.c.flagged, v.c.top_category, v.c.action,
+                v.c.policy_version, e.c.vector,
+            )
+            .select_from(v.join(e, _same_image(v, e)))
+            .where(*conditions)
+        )
+        try:
+            with self._engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(query)
+                for rows in result.partitions(chunk_size):
+                    yield _chunk(rows)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not read embeddings: {_describe(exc)}") from exc
+
+
+def _same_image(v: Table, e: Table) -> ColumnElement[bool]:
+    return and_(e.c.model_id == v.c.model_id, e.c.image_sha256 == v.c.image_sha256)
+
+
+def _chunk(rows: Sequence[Sequence[object]]) -> EmbeddingChunk:
+    columns = list(zip(*rows, strict=True))
+    vectors: Sequence[bytes] = columns[7]  # type: ignore[assignment]
+    dim = len(vectors[0]) // np.dtype(EMBEDDING_DTYPE).itemsize
+    return EmbeddingChunk(
+        event_ids=list(columns[0]),  # type: ignore[arg-type]
+        content_ids=list(columns[1]),  # type: ignore[arg-type]
+        sources=list(columns[2]),  # type: ignore[arg-type]
+        flagged=np.array(columns[3], dtype=bool),
+        top_categories=list(columns[4]),  # type: ignore[arg-type]
+        actions=list(columns[5]),  # type: ignore[arg-type]
+        policy_versions=list(columns[6]),  # type: ignore[arg-type]
+        embeddings=np.frombuffer(b"".join(bytes(x) for x in vectors), dtype=EMBEDDING_DTYPE).reshape(-1, dim),
+    )
+
