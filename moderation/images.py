@@ -241,6 +241,9 @@ def _open_checked(source: _BudgetedBytes, data: bytes, limits: ImageSettings) ->
             # refused format.
             image = Image.open(source, formats=list(limits.allowed_formats))
         except UnidentifiedImageError as exc:
+            claimed = _claimed_format(data, limits.allowed_formats)
+            if claimed is not None:  # its signature says it is one, its header does not parse: damaged
+                raise ImageLoadError(REASON_DECODE_FAILED, f"unreadable header for a {claimed} signature") from exc
             name = _identify(source)
             if name is not None:
                 raise ImageLoadError(
@@ -261,6 +264,16 @@ def _open_checked(source: _BudgetedBytes, data: bytes, limits: ImageSettings) ->
             REASON_DECODE_TIMEOUT, f"progressive JPEG with {scans} scans (at most {MAX_JPEG_SCANS}): refused undecoded"
         )
     return image
+
+
+def _claimed_format(data: bytes, formats: tuple[str, ...]) -> str | None:
+    """The allowed format whose signature `data` starts with (Pillow's own check), if any."""
+    Image.init()
+    for name in formats:
+        _, accept = Image.OPEN[name]
+        if accept is not None and accept(data[:16]) is True:
+            return name
+    return None
 
 
 def _identify(source: _BudgetedBytes) -> str | None:
