@@ -30,7 +30,10 @@ from moderation.exceptions import EventError
 SCHEMA_VERSION = 1
 URL_SCHEMES = ("file", "http", "https")
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# The limits are the verdicts table's columns: an event the database cannot store must be refused here
+# (dead-lettered), not retried against the database for ever.
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+SourceName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 # Reasons a raw event can be refused; they travel in the dead-letter message's headers.
 REASON_EMPTY = "empty"
@@ -48,7 +51,7 @@ class ImageEvent(BaseModel):
     schema_version: StrictInt  # strict: true, "1" or 1.0 are contract errors, not version 1
     event_id: Identifier
     content_id: Identifier
-    source: Identifier
+    source: SourceName
     uploaded_at: AwareDatetime
     image_base64: str | None = None
     image_url: Annotated[str, StringConstraints(max_length=4096)] | None = None
@@ -96,7 +99,10 @@ def parse_event(raw: bytes | None, max_bytes: int = 32 * 1024 * 1024) -> ImageEv
         raise EventError(REASON_TOO_LARGE, f"{len(raw)} bytes is over the limit of {max_bytes}")
     try:
         data: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8 and bad JSON, and also integers past Python's 4,300-digit limit;
+        # RecursionError is `[[[[...` nested deeper than the interpreter's recursion limit. Either would
+        # otherwise escape as a crash and the record would come back after every restart.
         raise EventError(REASON_INVALID_JSON, str(exc)) from exc
     if not isinstance(data, dict):
         raise EventError(REASON_INVALID_JSON, f"expected a JSON object, got {type(data).__name__}")
