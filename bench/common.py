@@ -187,9 +187,13 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def bench_settings(
     *, bootstrap: str, data_dir: Path, model: str, batch: int, policy: Path = POLICY, session_timeout_ms: int = 6000,
-    **model_extra: Any,
+    reuse: bool = False, **model_extra: Any,
 ) -> Any:
-    """Settings for one pipeline run: its own topics, group and SQLite file (the broker's groups are fragile)."""
+    """Settings for one pipeline run: its own topics, group and SQLite file (the broker's groups are fragile).
+
+    Duplicate reuse is off unless asked for: the throughput runs cycle over a fixed set of images, and
+    with reuse on they would measure the cache instead of the model (bench/reuse.py measures reuse).
+    """
     from moderation.settings import Settings
 
     tag = secrets.token_hex(4)
@@ -209,6 +213,7 @@ def bench_settings(
         model={"name_or_path": model, "device": "cpu", **model_extra},
         policy={"path": policy},
         batching={"max_size": batch},
+        embeddings={"reuse": reuse},
         ops={"host": "127.0.0.1", "port": 0},  # a free port: never clash with a worker on this host
     )
 

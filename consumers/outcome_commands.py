@@ -10,11 +10,10 @@ import argparse
 import json
 import threading
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from consumers.policy_commands import since
 from moderation.settings import Settings
-from moderation.timespec import parse_since
 
 if TYPE_CHECKING:  # the storage layer loads on use: other commands start without it
     from moderation.storage.outcomes import CategoryPrecision
@@ -74,13 +73,6 @@ def precision_table(rows: Sequence[CategoryPrecision]) -> str:
     return "\n".join(lines)
 
 
-def _since(text: str) -> datetime:
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def register(commands: Any, policy_commands: Any) -> None:
     """Add `outcomes run` to the top-level commands and `precision` to the `policy` subcommands."""
     outcomes = commands.add_parser("outcomes", help="reviewers' decisions on flagged items")
@@ -94,7 +86,7 @@ def register(commands: Any, policy_commands: Any) -> None:
         "precision", help="per category: how many flagged items reviewers confirmed or overturned"
     )
     precision.add_argument(
-        "--since", type=_since, default=None, help="verdicts since (30m, 12h, 7d, 2w or an ISO date); default: all"
+        "--since", type=since, default=None, help="verdicts since (30m, 12h, 7d, 2w or an ISO date); default: all"
     )
     precision.add_argument("--policy-version", default=None, help="only verdicts made under this policy version")
     precision.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,8 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from moderation.backtest import backtest
     from moderation.policy import load_policy
     from moderation.storage import EmbeddingStore, create_engine_for
-    from moderation.timespec import parse_since
-
     candidate = load_policy(args.policy)
-    since = parse_since(args.since) if args.since else None
+    since = args.since
     scorer = _LazyScorer(settings, args.model).get()
     text = scorer.policy_text(candidate)
     engine = create_engine_for(settings.database_url)
@@ -142,7 +141,6 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
             labels.append(item.categories)
     if args.from_reviews:
         from moderation.storage.outcomes import OutcomeStore
-
         from moderation.timespec import parse_since
 
         engine = create_engine_for(settings.database_url)
@@ -174,6 +172,16 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def since(text: str) -> datetime:
+    """argparse type for --since: a bad value is a usage error (exit 2), not a traceback."""
+    from moderation.timespec import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def register(policy_commands: Any) -> None:
     """Add check, backtest and tune to the `moderation policy` subcommands."""
     check = policy_commands.add_parser(
@@ -188,7 +196,9 @@ def register(policy_commands: Any) -> None:
         "backtest", help="re-decide stored traffic under a candidate policy, from stored embeddings"
     )
     backtest.add_argument("policy", type=Path, help="the candidate policy file")
-    backtest.add_argument("--since", default=None, help="look-back (30m, 12h, 7d, 2w) or ISO date; default: all")
+    backtest.add_argument(
+        "--since", type=since, default=None, help="look-back (30m, 12h, 7d, 2w) or ISO date; default: all"
+    )
     backtest.add_argument("--source", action="append", help="only events from this source (repeatable)")
     backtest.add_argument("--examples", type=int, default=5, help="example content ids per change (default 5)")
     backtest.add_argument("--model", default=None, help="checkpoint (default: the configured one)")
@@ -204,7 +214,7 @@ def register(policy_commands: Any) -> None:
         help="CSV or JSONL: content_id or image, and category ('safe' or empty for negatives)",
     )
     tune_parser.add_argument("--from-reviews", action="store_true", help="also use reviewers' decisions as labels")
-    tune_parser.add_argument("--since", default=None, help="with --from-reviews: only verdicts since then")
+    tune_parser.add_argument("--since", type=since, default=None, help="with --from-reviews: only verdicts since then")
     target = tune_parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-precision", type=float, default=None, help="e.g. 0.9")
     target.add_argument("--target-recall", type=float, default=None, help="e.g. 0.95")

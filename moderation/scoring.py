@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from moderation.policy import Policy
-
-EMBEDDING_DTYPE = np.float16  # how embeddings are stored: 1 KB for a 512-wide ViT-B/32 embedding
+from moderation.verdict import EMBEDDING_DTYPE
 
 
 @dataclass(frozen=True)

@@ -252,15 +252,26 @@ def test_missing_required_field_is_named(field: str) -> None:
     assert f"{field}: Field required" in error.detail
 
 
-@pytest.mark.parametrize("value", ["", "x" * 257])
-def test_identifier_length_limits(value: str) -> None:
-    error = refused(encode(inline_event(event_id=value)))
+@pytest.mark.parametrize(("field", "value"), [("event_id", ""), ("event_id", "x" * 256), ("source", "s" * 129)])
+def test_identifier_length_limits(field: str, value: str) -> None:
+    error = refused(encode(inline_event(**{field: value})))
     assert error.reason == REASON_INVALID_EVENT
-    assert "event_id" in error.detail
+    assert field in error.detail
 
 
-def test_identifier_of_256_characters_is_fine() -> None:
-    assert parse_event(encode(inline_event(content_id="x" * 256))).content_id == "x" * 256
+def test_identifiers_at_the_limits_are_fine() -> None:
+    event = parse_event(encode(inline_event(content_id="x" * 255, event_id="e" * 255, source="s" * 128)))
+    assert (len(event.content_id), len(event.event_id), len(event.source)) == (255, 255, 128)
+
+
+def test_the_contract_limits_are_the_verdict_columns() -> None:
+    """An event the database cannot store must be dead-lettered, never retried against the database."""
+    from moderation.events import ImageEvent
+    from moderation.storage.models import verdicts_table
+
+    for name in ("event_id", "content_id", "source"):
+        limit = next(m.max_length for m in ImageEvent.model_fields[name].metadata if hasattr(m, "max_length"))
+        assert limit == verdicts_table.c[name].type.length, name
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"{", b"{'single': 'quotes'}", b"\xff\xfe\xfa\x00garbage"])

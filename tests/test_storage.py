@@ -331,3 +331,8 @@ def test_an_impossible_sqlite_directory_is_a_storage_error(tmp_path: Path) -> No
 def test_unsupported_urls_are_configuration_errors(url: str) -> None:
     with pytest.raises(ConfigurationError):
         create_engine_for(url)
+
+
+def test_identifiers_at_the_event_contract_limits_are_stored(store: VerdictStore) -> None:
+    longest = make_verdict("e" * 255, content_id="c" * 255, source="s" * 128)
+    assert store.save_batch([longest]) == [longest]

@@ -15,9 +15,9 @@ import numpy as np
 from sqlalchemy import ColumnElement, Engine, Table, and_, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from moderation.scoring import EMBEDDING_DTYPE
 from moderation.storage.models import embeddings_table, verdicts_table
 from moderation.storage.store import StorageError, _describe
+from moderation.verdict import EMBEDDING_DTYPE
 
 _LOOKUP_CHUNK = 500
 
