@@ -9,6 +9,7 @@ transparent area read as its palette colour would turn a white picture red.
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 import time
@@ -23,6 +24,7 @@ import pytest
 from PIL import Image, ImageFile
 
 import moderation.images as images_module
+from consumers.messages import header
 from consumers.producer import image_event
 from moderation.events import ImageEvent
 from moderation.exceptions import ImageLoadError
@@ -40,8 +42,10 @@ from moderation.moderator import LoadFailure, Moderator
 from moderation.policy import LoadedPolicy
 from moderation.scorer import ClipScorer
 from moderation.settings import ImageSettings
+from moderation.storage import VerdictStore, create_engine_for, upgrade
 from moderation.testmodel import make_colour_image
 from moderation.verdict import Verdict, VerdictStatus
+from tests.fixtures_kafka import PipelineEnv, all_committed, committed_total, new_worker, run_worker_until
 
 LIMITS = ImageSettings()
 RGB = {"red": (210, 35, 35), "green": (40, 165, 50), "blue": (40, 70, 205), "yellow": (232, 212, 40)}
@@ -502,3 +506,50 @@ def test_a_hostile_item_never_fails_its_neighbours(scorer: ClipScorer, test_poli
             assert time.perf_counter() - started < 1.0, name
     finally:
         moderator.close()
+
+
+# --- through the real worker and broker -------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_the_worker_keeps_going_through_a_hostile_stream(
+    pipeline_env: Callable[..., PipelineEnv],
+    sqlite_url: str,
+    scorer: ClipScorer,
+    test_policy: LoadedPolicy,
+    hostile: dict[str, tuple[ImageEvent, str]],
+) -> None:
+    """Hostile images and hostile events mixed with good ones: every record committed, nothing stuck."""
+    env = pipeline_env(sqlite_url, max_size=8)
+    images = [event for event, _ in hostile.values()]
+    images += [event_for(name, make()) for name, (make, *_) in ODD_BUT_VALID.items()]
+    images += [event_for(name, encode(photo(colour), "PNG")) for name, (colour, _) in GOOD.items()]
+    poison = [b"[" * 100_000, b'{"schema_version": ' + b"9" * 5_000 + b"}", b"\xff\xfe\x00garbage"]
+    records: list[dict[str, Any] | bytes] = [json.loads(e.model_dump_json(exclude_none=True)) for e in images]
+    records[5:5] = poison  # in the middle of the stream, not at its end
+    produced = env.produce(records)
+    assert produced == len(images) + len(poison)
+
+    upgrade(sqlite_url)
+    store = VerdictStore(create_engine_for(sqlite_url))
+    moderator = Moderator(scorer, test_policy, env.settings.images, loader_threads=2)
+    worker = new_worker(env, moderator, store)
+    try:
+        run_worker_until(worker, all_committed(env.settings, produced))
+    finally:
+        worker.consumer.close(autocommit=False)
+        worker.producer.close(timeout=5)
+        moderator.close()
+
+    assert committed_total(env.settings) == produced  # every record, the poison ones included
+    verdicts = {v.event_id: v for v in store.recent(limit=1000)}
+    assert store.count() == len(verdicts) == len(images)
+    for name, (_, reason) in hostile.items():
+        assert (verdicts[name].status, verdicts[name].error_reason) == (VerdictStatus.ERROR, reason)
+    for name, (_, _, action, _) in ODD_BUT_VALID.items():
+        assert (verdicts[name].status, verdicts[name].action) == (VerdictStatus.OK, action)
+    for name, (_, action) in GOOD.items():
+        assert (verdicts[name].status, verdicts[name].action) == (VerdictStatus.OK, action)
+    dead = env.read(env.settings.kafka.dead_letter_topic)
+    assert sorted(record.value for record in dead) == sorted(poison)
+    assert {header(record.headers, "dlq.reason") for record in dead} == {"invalid_json"}
