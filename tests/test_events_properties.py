@@ -62,7 +62,17 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=20,
 )
-identifiers = st.text(min_size=1, max_size=256)  # any Unicode but lone surrogates (not valid in UTF-8)
+
+
+def max_length(field: str) -> int:
+    """The contract's own limit on a string field, so the strategies follow it when it changes."""
+    return next(c.max_length for c in ImageEvent.model_fields[field].metadata if getattr(c, "max_length", None))
+
+
+def identifiers(field: str) -> st.SearchStrategy[str]:
+    return st.text(min_size=1, max_size=max_length(field))  # any Unicode but lone surrogates (not UTF-8)
+
+
 offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 aware_datetimes = st.datetimes(timezones=offsets)
 url_text = st.text(alphabet=string.ascii_letters + string.digits + "-._~%/?=&+", max_size=200)
@@ -77,9 +87,9 @@ image_urls = st.one_of(
 def valid_events(draw: st.DrawFn) -> dict[str, Any]:
     event: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "event_id": draw(identifiers),
-        "content_id": draw(identifiers),
-        "source": draw(identifiers),
+        "event_id": draw(identifiers("event_id")),
+        "content_id": draw(identifiers("content_id")),
+        "source": draw(identifiers("source")),
         "uploaded_at": draw(aware_datetimes).isoformat(),
     }
     if draw(st.booleans()):
@@ -207,6 +217,20 @@ def test_both_images_at_once_is_an_invalid_event(event: dict[str, Any]) -> None:
     both = {**event, "image_url": "https://cdn.example.com/a.jpg", "image_base64": base64.b64encode(b"x").decode()}
     result = outcome(encode(both))
     assert isinstance(result, EventError) and result.reason == REASON_INVALID_EVENT
+
+
+@pytest.mark.parametrize("field", ["event_id", "content_id", "source"])
+def test_identifier_limits_are_exact(field: str) -> None:
+    event = {
+        "schema_version": SCHEMA_VERSION,
+        **dict.fromkeys(("event_id", "content_id", "source"), "x"),
+        "uploaded_at": "2026-11-27T16:58:06Z",
+        "image_url": "https://cdn.example.com/a.jpg",
+    }
+    limit = max_length(field)
+    assert isinstance(outcome(encode({**event, field: "é" * limit})), ImageEvent)
+    too_long = outcome(encode({**event, field: "é" * (limit + 1)}))
+    assert isinstance(too_long, EventError) and too_long.reason == REASON_INVALID_EVENT
 
 
 # --- the cases random generation rarely reaches -----------------------------------------------------
