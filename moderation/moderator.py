@@ -224,8 +224,10 @@ class Moderator:
         first_of: dict[str, int] = {}
         to_run: list[int] = []
         for i, item in items.items():
-            if item.sha256 not in known and item.sha256 not in first_of:
-                first_of[item.sha256] = i
+            # Without a cache reuse is off: every image runs, repeats within the batch included.
+            key = item.sha256 if self.cache is not None else str(i)
+            if key not in known and key not in first_of:
+                first_of[key] = i
                 to_run.append(i)
         computed: dict[int, np.ndarray | LoadFailure] = {}
         if to_run:
@@ -245,9 +247,10 @@ class Moderator:
             if item.sha256 in known:
                 result[i] = _Embedded(known[item.sha256], reused=True)
                 continue
-            first = computed[first_of[item.sha256]]
+            first_index = first_of[item.sha256 if self.cache is not None else str(i)]
+            first = computed[first_index]
             # A repeat inside the batch reuses the first occurrence's forward pass.
-            result[i] = first if isinstance(first, LoadFailure) else _Embedded(first, reused=first_of[item.sha256] != i)
+            result[i] = first if isinstance(first, LoadFailure) else _Embedded(first, reused=first_index != i)
         return result
 
     @staticmethod

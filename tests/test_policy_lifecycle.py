@@ -241,6 +241,12 @@ def test_repeated_bytes_reuse_the_embedding_within_and_across_batches(
     assert second[0].scores == first[0].scores and second[0].flagged == first[0].flagged
     moderator.close()
 
+    without_reuse = Moderator(counting, policies["default"], ImageSettings(), loader_threads=2)
+    verdicts = without_reuse.moderate([event("6", red), event("7", red)])
+    assert calls == [2, 1, 2]  # reuse off: every image runs, repeats included
+    assert [v.embedding_reused for v in verdicts] == [False, False]
+    without_reuse.close()
+
 
 # -- storage, backtest, tuning, golden examples -------------------------------------------------------
 
