@@ -9,12 +9,16 @@ address is judged by the real rule, which is what the tests are about.
 from __future__ import annotations
 
 import http.server
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
 from ipaddress import IPv4Address, ip_address
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -525,3 +529,84 @@ def test_the_fetch_timeout_covers_the_whole_redirect_chain(server: _Server) -> N
     error = refused(server.url("/redirect?to=/slow-headers"), limits)
     assert error.reason == REASON_FETCH_FAILED
     assert time.monotonic() - started < 1.5
+
+
+# --- https: pinned to the checked address, still verified against the host name --------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed certificate for localhost and 127.0.0.1 (key and certificate in one PEM file)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    both = directory / "both.pem"
+    both.write_bytes(key.read_bytes() + cert.read_bytes())
+    return both
+
+
+@pytest.fixture(scope="module")
+def tls_server(certificate: Path) -> Iterator[_Server]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate)
+    for server in _serve("127.0.0.1"):
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        yield server
+
+
+@pytest.fixture
+def trust_test_certificate(monkeypatch: pytest.MonkeyPatch, certificate: Path) -> None:
+    """The fetcher's trust store, plus the test certificate (verification itself stays on)."""
+    monkeypatch.setattr(fetch_module, "_tls_context", lambda: ssl.create_default_context(cafile=str(certificate)))
+
+
+def https_url(server: _Server, path: str, host: str = "127.0.0.1") -> str:
+    return f"https://{host}:{server.port}{path}"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_https_loads_from_the_checked_address(tls_server: _Server, trust_test_certificate: None, host: str) -> None:
+    assert fetch_http(https_url(tls_server, "/image.png", host), LOCAL) == png()
+
+
+def test_https_is_still_refused_on_a_blocked_address(tls_server: _Server, trust_test_certificate: None) -> None:
+    assert refused(https_url(tls_server, "/image.png"), STRICT).reason == REASON_BLOCKED_ADDRESS
+
+
+def test_an_untrusted_certificate_fails(tls_server: _Server) -> None:
+    error = refused(https_url(tls_server, "/image.png"), LOCAL)  # self-signed, not in the system store
+    assert error.reason == REASON_FETCH_FAILED
+    assert "CERTIFICATE_VERIFY_FAILED" in error.detail
+
+
+def test_pinning_does_not_skip_the_host_name_check(
+    tls_server: _Server, trust_test_certificate: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name resolving to the right address is still refused when the certificate is not for it."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def resolver(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        return real_getaddrinfo("127.0.0.1" if host == "images.other.test" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    error = refused(https_url(tls_server, "/image.png", "images.other.test"), LOCAL)
+    assert error.reason == REASON_FETCH_FAILED
+    assert "images.other.test" in error.detail and "CERTIFICATE_VERIFY_FAILED" in error.detail
+
+
+def test_an_https_redirect_to_plain_http_is_refused(
+    tls_server: _Server, server: _Server, trust_test_certificate: None
+) -> None:
+    before = len(server.requests)
+    error = refused(https_url(tls_server, f"/redirect?to={server.url('/image.png')}"), LOCAL)
+    assert error.reason == REASON_NOT_ALLOWED
+    assert "https to plain http" in error.detail
+    assert len(server.requests) == before
+    assert fetch_http(https_url(tls_server, "/redirect?to=/image.png"), LOCAL) == png()  # https to https is fine
