@@ -788,3 +788,36 @@ def test_defer_jpeg_still_refuses_oversized_and_broken_jpegs() -> None:
     with pytest.raises(ImageLoadError) as info:
         load_bytes(b"\xff\xd8\xff\xe0garbage" * 4, DEFAULT_LIMITS, SPEC_64, defer_jpeg=True)
     assert info.value.reason in (REASON_DECODE_FAILED, REASON_NOT_AN_IMAGE)
+
+
+# --- the hostile-input settings, as an operator sets them ---------------------------------------------
+
+
+def test_hostile_input_settings_defaults() -> None:
+    assert DEFAULT_LIMITS.allowed_formats == ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+    assert DEFAULT_LIMITS.decode_timeout_s == 5.0
+    assert (DEFAULT_LIMITS.allowed_url_hosts, DEFAULT_LIMITS.allow_private_networks) == ((), False)
+    assert DEFAULT_LIMITS.max_redirects == 5
+
+
+def test_hostile_input_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moderation.settings import Settings
+
+    monkeypatch.setenv("MODERATION_IMAGES__ALLOWED_FORMATS", '["jpeg", "png"]')
+    monkeypatch.setenv("MODERATION_IMAGES__ALLOWED_URL_HOSTS", '["*.CDN.example.com", "images.example.com"]')
+    monkeypatch.setenv("MODERATION_IMAGES__DECODE_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("MODERATION_IMAGES__ALLOW_PRIVATE_NETWORKS", "true")
+    monkeypatch.setenv("MODERATION_IMAGES__MAX_REDIRECTS", "0")
+    images = Settings(_env_file=None).images
+    assert images.allowed_formats == ("JPEG", "PNG")
+    assert images.allowed_url_hosts == ("*.cdn.example.com", "images.example.com")
+    assert (images.decode_timeout_s, images.allow_private_networks, images.max_redirects) == (2.5, True, 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("decode_timeout_s", 0), ("max_redirects", -1), ("max_redirects", 21), ("allowed_formats", ["XYZ"])],
+)
+def test_hostile_input_settings_refuse_bad_values(field: str, value: object) -> None:
+    with pytest.raises(ValueError):
+        ImageSettings(**{field: value})
