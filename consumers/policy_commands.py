@@ -1,7 +1,8 @@
-"""`moderation policy check | backtest | tune`: the policy editor's tools, from validation to rollout.
+"""`moderation policy check | backtest | shadow-report | tune`: the policy editor's tools, from validation to rollout.
 
 - check: validate files and run their golden examples (the policy's own regression tests);
 - backtest: re-decide stored traffic under a candidate from stored embeddings, and count what changes;
+- shadow-report: what shadow policies decided on live traffic, against the verdicts acted on;
 - tune: suggest per-category thresholds for a target precision or recall from labelled examples.
 """
 
@@ -101,6 +102,35 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+    return EXIT_OK
+
+
+def cmd_shadow_report(args: argparse.Namespace, settings: Settings) -> int:
+    from moderation.backtest import shadow_report
+    from moderation.storage import create_engine_for
+    from moderation.storage.shadows import ShadowStore
+
+    engine = create_engine_for(settings.database_url)
+    try:
+        shadows = ShadowStore(engine)
+        versions = shadows.versions()
+        if not versions:
+            print("no shadow verdicts recorded (set MODERATION_POLICY__SHADOW to evaluate a candidate)")
+            return EXIT_OK
+        wanted = [v for v in versions if args.policy_version in (None, v[0])]
+        if not wanted:
+            print(f"no shadow verdicts for version {args.policy_version!r}; recorded: "
+                  + ", ".join(f"{v} ({n} rows)" for v, _, n in versions), file=sys.stderr)
+            return EXIT_FAILED
+        reports = []
+        for version, policy_hash, _ in wanted:
+            report = shadow_report(shadows.scan(version, since=args.since), version, policy_hash, args.examples)
+            reports.append(report)
+            print(report.table() + "\n")
+    finally:
+        engine.dispose()
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n", encoding="utf-8")
     return EXIT_OK
 
 
@@ -204,6 +234,15 @@ def register(policy_commands: Any) -> None:
     backtest.add_argument("--model", default=None, help="checkpoint (default: the configured one)")
     backtest.add_argument("--json", default=None, help="also write the report as JSON to this file")
     backtest.set_defaults(handler=cmd_backtest)
+
+    shadow = policy_commands.add_parser(
+        "shadow-report", help="compare shadow policies' verdicts on live traffic with the verdicts acted on"
+    )
+    shadow.add_argument("--policy-version", default=None, help="one shadow version (default: every one recorded)")
+    shadow.add_argument("--since", type=since, default=None, help="look-back (30m, 12h, 7d, 2w) or ISO date")
+    shadow.add_argument("--examples", type=int, default=5, help="example content ids per change (default 5)")
+    shadow.add_argument("--json", default=None, help="also write the reports as JSON to this file")
+    shadow.set_defaults(handler=cmd_shadow_report)
 
     tune_parser = policy_commands.add_parser(
         "tune", help="suggest per-category thresholds for a target precision or recall from labelled examples"

@@ -21,6 +21,7 @@ from moderation.decision import decide_many
 from moderation.policy import LoadedPolicy
 from moderation.scoring import PolicyText, score_embeddings
 from moderation.storage.embeddings import EmbeddingChunk
+from moderation.storage.shadows import ShadowChunk
 
 _SCORE_CHUNK = 65_536  # rows per matrix product: bounds the float32 copy of float16 embeddings
 
@@ -42,6 +43,7 @@ class CategoryChange:
 class BacktestReport:
     policy_version: str
     policy_hash: str
+    over: str = "stored embeddings"  # what was re-decided: stored embeddings, or live traffic in shadow
     items: int = 0
     flagged_before: int = 0
     flagged_after: int = 0
@@ -80,7 +82,8 @@ class BacktestReport:
 
     def table(self) -> str:
         lines = [
-            f"backtest of policy {self.policy_version} ({self.policy_hash[:12]}) over {self.items:,} stored embeddings",
+            f"policy {self.policy_version} ({self.policy_hash[:12]}) against the verdicts acted on, "
+            f"over {self.items:,} {self.over}",
             f"{'category':<18}{'flagged before':>16}{'flagged after':>15}{'newly flagged':>15}{'no longer':>11}",
         ]
         for name, change in sorted(self.categories.items()):
@@ -101,7 +104,8 @@ class BacktestReport:
                 lines.append(f"  {name} newly flagged, e.g.: {', '.join(change.examples_newly_flagged)}")
             if change.examples_no_longer_flagged:
                 lines.append(f"  {name} no longer flagged, e.g.: {', '.join(change.examples_no_longer_flagged)}")
-        lines.append(f"{self.items_per_s:,.0f} items/s (read {self.read_s:.2f} s, score {self.score_s:.2f} s)")
+        if self.over == "stored embeddings":
+            lines.append(f"{self.items_per_s:,.0f} items/s (read {self.read_s:.2f} s, score {self.score_s:.2f} s)")
         return "\n".join(lines)
 
 
@@ -143,35 +147,68 @@ def _compare(
     examples: int,
 ) -> None:
     new_flagged, new_uncertain, new_top_index, new_action = decided
-    new_top = names[new_top_index]
-    old_flagged = chunk.flagged
-    old_top = np.asarray(chunk.top_categories, dtype=object)
-    old_action = np.asarray(chunk.actions, dtype=object)
+    compare(
+        report,
+        content_ids=chunk.content_ids,
+        before=(chunk.flagged, np.asarray(chunk.top_categories, dtype=object), np.asarray(chunk.actions, dtype=object)),
+        after=(new_flagged, names[new_top_index], new_action),
+        uncertain_after=new_uncertain,
+        categories=names,
+        examples=examples,
+    )
+
+
+def compare(
+    report: BacktestReport,
+    *,
+    content_ids: list[str],
+    before: tuple[np.ndarray, np.ndarray, np.ndarray],
+    after: tuple[np.ndarray, np.ndarray, np.ndarray],
+    uncertain_after: np.ndarray,
+    categories: Iterable[str],
+    examples: int = 5,
+) -> None:
+    """Add one chunk of (flagged, top category, action) before and after to `report`, per category."""
+    old_flagged, old_top, old_action = before
+    new_flagged, new_top, new_action = after
     newly = new_flagged & ~old_flagged
     no_longer = old_flagged & ~new_flagged
     both = old_flagged & new_flagged
-    report.items += len(chunk)
+    report.items += len(content_ids)
     report.flagged_before += int(old_flagged.sum())
     report.flagged_after += int(new_flagged.sum())
     report.newly_flagged += int(newly.sum())
     report.no_longer_flagged += int(no_longer.sum())
     report.recategorised += int((both & ((old_top != new_top) | (old_action != new_action))).sum())
-    report.uncertain_after += int(new_uncertain.sum())
-    for name in set(names) | set(old_top[old_flagged]):
+    report.uncertain_after += int(uncertain_after.sum())
+    for name in set(categories) | set(old_top[old_flagged]) | set(new_top[new_flagged]):
         change = report.category(str(name))
-        before = old_flagged & (old_top == name)
-        after = new_flagged & (new_top == name)
-        change.flagged_before += int(before.sum())
-        change.flagged_after += int(after.sum())
-        gained = after & ~old_flagged
-        lost = before & ~new_flagged
+        was = old_flagged & (old_top == name)
+        now = new_flagged & (new_top == name)
+        change.flagged_before += int(was.sum())
+        change.flagged_after += int(now.sum())
+        gained = now & ~old_flagged
+        lost = was & ~new_flagged
         change.newly_flagged += int(gained.sum())
         change.no_longer_flagged += int(lost.sum())
-        _add_examples(change.examples_newly_flagged, gained, chunk.content_ids, examples)
-        _add_examples(change.examples_no_longer_flagged, lost, chunk.content_ids, examples)
+        _add_examples(change.examples_newly_flagged, gained, content_ids, examples)
+        _add_examples(change.examples_no_longer_flagged, lost, content_ids, examples)
 
 
 def _add_examples(into: list[str], mask: np.ndarray, content_ids: list[str], limit: int) -> None:
     room = limit - len(into)
     if room > 0:
         into.extend(content_ids[i] for i in np.flatnonzero(mask)[:room])
+
+
+def shadow_report(
+    chunks: Iterable[ShadowChunk], policy_version: str, policy_hash: str, examples: int = 5
+) -> BacktestReport:
+    """What a shadow policy decided on live traffic, compared with the verdicts acted on, per category."""
+    report = BacktestReport(policy_version, policy_hash, over="events seen in shadow")
+    for chunk in chunks:
+        compare(
+            report, content_ids=chunk.content_ids, before=chunk.before, after=chunk.after,
+            uncertain_after=chunk.uncertain_after, categories=(), examples=examples,
+        )
+    return report

@@ -33,6 +33,21 @@ def traffic(scorer: object, sqlite_url: str) -> str:
     return sqlite_url
 
 
+def blue_instead_of_yellow(version: str) -> str:
+    """A candidate for `colour_policy()` traffic: yellow becomes a safe category, blue is flagged instead."""
+    return (
+        colour_policy(version)
+        .replace(
+            '  yellow: {prompts: ["a yellow picture"], threshold: 0.5, action: block}\n',
+            '  yellow: {prompts: ["a yellow picture"]}\n',
+        )
+        .replace('["a blue picture", ', "[")
+        .replace(
+            "categories:\n", 'categories:\n  blue: {prompts: ["a blue picture"], threshold: 0.5, action: review}\n'
+        )
+    )
+
+
 def env_for(url: str, model: Path) -> dict[str, str]:
     return {
         "MODERATION_DATABASE__URL": url,
@@ -60,15 +75,7 @@ def test_policy_check_runs_golden_examples(test_model_dir: Path, tmp_path: Path)
 
 def test_backtest_reports_changes_per_category(traffic: str, test_model_dir: Path, tmp_path: Path) -> None:
     candidate = tmp_path / "candidate.yaml"
-    # The candidate makes yellow a safe category and flags blue instead.
-    candidate.write_text(
-        colour_policy("candidate-1").replace(
-            '  yellow: {prompts: ["a yellow picture"], threshold: 0.5, action: block}\n',
-            '  yellow: {prompts: ["a yellow picture"]}\n',
-        ).replace('["a blue picture", ', "[").replace(
-            "categories:\n", 'categories:\n  blue: {prompts: ["a blue picture"], threshold: 0.5, action: review}\n'
-        )
-    )
+    candidate.write_text(blue_instead_of_yellow("candidate-1"))
     report_path = tmp_path / "report.json"
     result = moderation(
         "policy", "backtest", str(candidate), "--since", "1d", "--json", str(report_path),
@@ -81,7 +88,7 @@ def test_backtest_reports_changes_per_category(traffic: str, test_model_dir: Pat
     assert report["categories"]["blue"]["newly_flagged"] == 4
     assert report["categories"]["red"]["no_longer_flagged"] == 0
     assert all(c.startswith("content-yellow-") for c in report["categories"]["yellow"]["examples_no_longer_flagged"])
-    assert "backtest of policy candidate-1" in result.stdout and "items/s" in result.stdout
+    assert "policy candidate-1" in result.stdout and "items/s" in result.stdout
 
 
 def test_tune_suggests_thresholds_from_labelled_content_ids_and_images(
@@ -120,3 +127,32 @@ def test_embeddings_prune_keeps_recent_ones(traffic: str) -> None:
         assert EmbeddingStore(engine).count() == 16
     finally:
         engine.dispose()
+
+
+def test_shadow_report_compares_shadow_verdicts_with_the_ones_acted_on(scorer: object, sqlite_url: str) -> None:
+    from moderation.policy_book import PolicyBook
+
+    upgrade(sqlite_url)
+    store = VerdictStore(create_engine_for(sqlite_url))
+    live = parse_policy(colour_policy("live-1"))
+    candidate = parse_policy(blue_instead_of_yellow("candidate-2"))
+    book = PolicyBook(live, shadows=(candidate,))
+    moderator = Moderator(scorer, book, ImageSettings(), loader_threads=2)  # type: ignore[arg-type]
+    events = [event(f"{c}-{i}", png(c, i)) for c in ("red", "yellow", "blue", "green") for i in range(3)]
+    store.save_batch(moderator.moderate(events))
+    moderator.close()
+    store.engine.dispose()
+
+    out = Path(sqlite_url.removeprefix("sqlite:///")).parent / "shadow.json"
+    database = {"MODERATION_DATABASE__URL": sqlite_url}
+    result = moderation("policy", "shadow-report", "--json", str(out), env=database)
+    assert result.returncode == 0, result.stderr
+    [report] = json.loads(out.read_text())
+    assert report["policy_version"] == "candidate-2" and report["items"] == 12
+    assert report["categories"]["yellow"]["no_longer_flagged"] == 3
+    assert report["categories"]["blue"]["newly_flagged"] == 3
+    assert report["categories"]["red"]["newly_flagged"] == report["categories"]["red"]["no_longer_flagged"] == 0
+    assert "events seen in shadow" in result.stdout
+
+    missing = moderation("policy", "shadow-report", "--policy-version", "nope", env=database)
+    assert missing.returncode == 1 and "candidate-2 (12 rows)" in missing.stderr
