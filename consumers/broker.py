@@ -54,8 +54,12 @@ def free_port() -> int:
 class EmbeddedBroker:
     """A Tansu broker child process on 127.0.0.1; use as a context manager or call start()/stop()."""
 
-    def __init__(self, port: int | None = None, start_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self, port: int | None = None, start_timeout_s: float = 15.0, advertised_port: int | None = None
+    ) -> None:
         self._requested_port = port
+        # Clients reach the broker at the address it advertises; a test proxy in front of it advertises its own.
+        self._advertised_port = advertised_port
         self._start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()
@@ -81,9 +85,10 @@ class EmbeddedBroker:
 
     def _spawn(self, binary: Path) -> bool:
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self._advertised_port}" if self._advertised_port else url
         self._ready.clear()
         self._process = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
              "--storage-engine", "memory://tansu/"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

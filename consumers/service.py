@@ -72,7 +72,10 @@ def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator |
     moderator = moderator or build_moderator(settings, store=store)
     consumer = make_consumer(settings)
     producer = make_producer(settings)
-    worker = Worker(consumer=consumer, producer=producer, moderator=moderator, store=store, settings=settings)
+    worker = Worker(
+        consumer=consumer, producer=producer, moderator=moderator, store=store, settings=settings,
+        producer_factory=lambda: make_producer(settings),
+    )
     describe(worker.metrics, moderator)
     ops = start_ops_server(settings, worker, store) if settings.ops.enabled else None
     try:
@@ -80,7 +83,7 @@ def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator |
     finally:
         # Offsets were committed batch by batch; nothing unfinished may be committed on the way out.
         consumer.close(autocommit=False)
-        producer.close(timeout=10)
+        worker.producer.close(timeout=10)  # the one in use: a broker error may have replaced it
         moderator.close()
         store.engine.dispose()
         if ops is not None:

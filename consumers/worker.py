@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -30,7 +30,14 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from consumers.batching import Batch, BatchAssembler
-from consumers.delivery import STEP_COMMITTED, BatchResult, Delivery, StepHook, dead_letter_for
+from consumers.delivery import (
+    SEND_TIMEOUT_S,
+    STEP_COMMITTED,
+    BatchResult,
+    Delivery,
+    StepHook,
+    dead_letter_for,
+)
 from consumers.messages import OutgoingMessage, header
 from consumers.metrics import WorkerMetrics
 from moderation.events import ImageEvent, parse_event
@@ -73,9 +80,11 @@ class Worker:
         settings: Settings,
         on_step: StepHook | None = None,
         metrics: WorkerMetrics | None = None,
+        producer_factory: Callable[[], KafkaProducer] | None = None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
+        self._new_producer = producer_factory  # replaces the producer after a broker error (None: never)
         self.moderator = moderator
         self.settings = settings
         self.on_step: StepHook = on_step or (lambda step, result: None)
@@ -376,11 +385,40 @@ class Worker:
                 # committed meanwhile, and the full pipeline pauses the partitions upstream.
                 log.error("delivery failed, retrying", batch=batch.number, error=str(exc), retry_in_s=delay_s)
                 self.metrics.errors.labels(type(exc).__name__).inc()
+                if isinstance(exc, KafkaError):
+                    self._renew_producer()
                 self._abandon.wait(delay_s)
                 delay_s = min(delay_s * 2, 30.0)
                 continue
             self._delivered.put((batch, result))
             return
+
+    def _renew_producer(self) -> None:
+        """Publish the retry through a new producer: an idempotent producer whose producer id the broker no
+        longer knows (a broker that lost its state) refuses every later send. The old one is closed without
+        waiting; the retry sends the whole batch's messages again, under the same keys and event ids."""
+        if self._new_producer is None:
+            return
+        try:
+            producer = self._new_producer()
+        except KafkaError as exc:  # the broker is still away: keep the old one until the next failure
+            log.warning("no new producer yet", error=str(exc))
+            return
+        old, self.producer = self.producer, producer
+        self.delivery.producer = producer
+        threading.Thread(target=_close_replaced, args=(old,), name="producer-close", daemon=True).start()
+        log.warning("producer replaced after a broker error")
+
+
+def _close_replaced(producer: KafkaProducer, attempts: int = 5) -> None:
+    """Close a replaced producer off the delivery thread. kafka-python's close() flushes first and gives up
+    on a timeout; what it holds expires after its delivery timeout (2 min), so a later attempt gets through."""
+    for _ in range(attempts):
+        try:
+            producer.close(timeout=SEND_TIMEOUT_S)
+            return
+        except KafkaError as exc:
+            log.debug("replaced producer still holds messages", error=str(exc))
 
 
 def record_fields(record: ConsumerRecord) -> dict[str, object]:

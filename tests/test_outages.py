@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+from consumers.broker import EmbeddedBroker, free_port
+from consumers.clients import make_producer
+from consumers.delivery import STEP_PERSISTED, BatchResult
 from consumers.messages import header
 from consumers.service import build_moderator, start_ops_server
 from consumers.worker import Worker
@@ -178,3 +181,121 @@ def test_database_outage_holds_offsets_keeps_the_member_and_recovers_by_itself(
     review = Counter(header(r.headers, "event_id") for r in env.read(env.settings.kafka.review_topic))
     assert set(review) == flagged
     assert set(review.values()) == {1}  # nothing is published before its verdict is stored
+
+
+BROKER_OUTAGE_S = 10.0  # several session timeouts (2 s): the broker drops the member meanwhile
+
+
+def test_broker_outage_mid_batch_keeps_the_worker_alive_and_loses_nothing(
+    pipeline_env: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    # A broker of its own behind the proxy: it advertises the proxy's address, so every connection a client
+    # opens after the metadata lookup goes through the proxy too.
+    proxy = TcpProxy().start()
+    try:
+        with EmbeddedBroker(advertised_port=proxy.port) as broker:
+            proxy.target = ("127.0.0.1", broker.port)
+            env: PipelineEnv = pipeline_env(sqlite_url, max_size=4, max_wait_ms=50)
+            env.settings = env.settings.model_copy(
+                update={"kafka": env.settings.kafka.model_copy(update={"bootstrap_servers": proxy.address})}
+            )
+            upgrade(sqlite_url)
+            store = VerdictStore(create_engine_for(sqlite_url))
+            first = env.produce(colour_events(tmp_path / "before", 16))
+            cut = threading.Event()
+
+            def cut_after_persisting(step: str, result: BatchResult) -> None:
+                # The broker goes away between step 1 (verdicts stored) and step 2 (publish) of a batch.
+                if step == STEP_PERSISTED and armed.is_set() and not cut.is_set():
+                    proxy.cut()
+                    cut.set()
+
+            armed = threading.Event()
+            worker = new_worker(env, build_moderator(env.settings), store, on_step=cut_after_persisting)
+            with running(worker) as errors:
+                wait_for(lambda: committed_total(env.settings) >= first, 90, "the first events to be committed")
+                armed.set()
+                second = env.produce(colour_events(tmp_path / "during", 24))
+                wait_for(cut.is_set, 30, "the cut")
+                cut_at = time.monotonic()
+                rows_at_cut = store.count()
+                while time.monotonic() - cut_at < BROKER_OUTAGE_S:
+                    assert worker._fatal is None, worker._fatal  # retrying, not crashed
+                    time.sleep(0.2)
+                delivery_failures = metric_total(worker, "moderation_errors_total")
+                rows_during_outage = store.count()
+                proxy.restore()
+                restored_at = time.monotonic()
+                wait_for(
+                    lambda: store.count() >= first + second and committed_total(env.settings) >= first + second,
+                    120, "recovery after the broker outage", every_s=0.5,
+                )
+                recovered_s = time.monotonic() - restored_at
+                review = Counter(header(r.headers, "event_id") for r in env.read(env.settings.kafka.review_topic))
+            assert not errors, errors
+    finally:
+        proxy.close()
+    print(
+        f"broker outage {BROKER_OUTAGE_S:g} s: {delivery_failures:g} errors counted, rows {rows_at_cut} at the cut and "
+        f"{rows_during_outage} at its end, all committed {recovered_s:.1f} s after the restore; review messages "
+        f"{sum(review.values())} for {len(review)} flagged events"
+    )
+    assert worker._fatal is None
+    assert rows_at_cut > first  # the batch being delivered was stored before the broker went
+    assert store.count() == first + second  # every event once
+    flagged = {v.event_id for v in store.flagged(limit=1000)}
+    assert len(flagged) == (first + second) // 2
+    assert set(review) == flagged  # every flagged event reached the review topic (repeats are counted above)
+
+
+def test_broker_restart_mid_batch_the_worker_survives_and_delivers_what_it_holds(
+    pipeline_env: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    # The embedded broker keeps everything in memory: a restart loses topics, offsets and groups, and the
+    # idempotent producer's id. What must hold: the worker survives, delivers the batch it held, and goes on.
+    with EmbeddedBroker(port=free_port()) as broker:  # a fixed port, so it can start again on it
+        env: PipelineEnv = pipeline_env(sqlite_url, max_size=4, max_wait_ms=50)
+        env.settings = env.settings.model_copy(
+            update={"kafka": env.settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})}
+        )
+        upgrade(sqlite_url)
+        store = VerdictStore(create_engine_for(sqlite_url))
+        first = env.produce(colour_events(tmp_path / "before", 8))
+        down = threading.Event()
+        held: list[str] = []
+
+        def stop_broker_after_persisting(step: str, result: BatchResult) -> None:
+            if step == STEP_PERSISTED and armed.is_set() and not down.is_set():
+                held.extend(v.event_id for v in result.stored if v.flagged)
+                broker.stop()
+                down.set()
+
+        armed = threading.Event()
+        worker = new_worker(
+            env, build_moderator(env.settings), store, on_step=stop_broker_after_persisting,
+            producer_factory=lambda: make_producer(env.settings),
+        )
+        first_producer = worker.producer
+        with running(worker) as errors:
+            wait_for(lambda: committed_total(env.settings) >= first, 90, "the first events to be committed")
+            armed.set()
+            env.produce(colour_events(tmp_path / "lost", 16))
+            wait_for(down.is_set, 30, "the broker to stop")
+            time.sleep(3)
+            assert worker._fatal is None, worker._fatal
+            broker.start()  # same port, empty
+            restarted_at = time.monotonic()
+            after = colour_events(tmp_path / "after", 8)
+            env.produce(after)
+            wait_for(lambda: all(store.get(e["event_id"]) for e in after), 120,
+                     "verdicts for the events produced after the restart", every_s=0.5)
+            recovered_s = time.monotonic() - restarted_at
+            review = Counter(header(r.headers, "event_id") for r in env.read(env.settings.kafka.review_topic))
+        assert not errors, errors
+    print(f"broker restart: the held batch's {len(held)} flagged items and the new events' verdicts delivered "
+          f"{recovered_s:.1f} s after the restart; review topic on the new broker: {sum(review.values())} messages")
+    assert worker._fatal is None
+    assert worker.producer is not first_producer  # the broken idempotent producer was replaced
+    assert held and set(held) <= set(review)  # the held batch's review messages reached the new broker
+    flagged_after = {v.event_id for e in after if (v := store.get(e["event_id"])) is not None and v.flagged}
+    assert len(flagged_after) == 4 and flagged_after <= set(review)
