@@ -51,7 +51,6 @@ log = structlog.get_logger("moderation.worker")
 
 IDLE_POLL_S = 0.5  # nothing in flight: wake up this often to notice a stop request
 BUSY_POLL_S = 0.02  # work in flight: come back quickly to commit what finished
-DRAIN_TIMEOUT_S = 120.0  # how long a stop or a rebalance waits for in-flight batches
 _STOP = object()  # queue sentinel
 
 
@@ -92,6 +91,7 @@ class Worker:
         batching = settings.batching
         self.assembler = BatchAssembler(batching.max_size, batching.max_wait_ms / 1000.0)
         self.max_in_flight = batching.max_batches_in_flight
+        self.drain_timeout_s = batching.drain_timeout_s  # how long a stop or a rebalance waits for them
         threads = batching.loader_threads or 2 * (os.cpu_count() or 1)
         self._loaders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loader")
         self._to_score: queue.Queue[object] = queue.Queue()
@@ -130,16 +130,21 @@ class Worker:
                 self._step()
             if self._fatal is None:
                 self._dispatch(self.assembler.close())
-                drained = self._drain(DRAIN_TIMEOUT_S)
+                drained = self._drain(self.drain_timeout_s)
         finally:
             if not drained:  # crashed, timed out or interrupted: drop unfinished work, commit nothing more
                 self._abandon.set()
             self._to_score.put(_STOP)
-            for stage in stages:
-                stage.join(timeout=DRAIN_TIMEOUT_S)
+            for stage in stages:  # once given up on, a stage may sit in a database or broker call: leave it
+                stage.join(timeout=self.drain_timeout_s if drained else 1.0)
             self._loaders.shutdown(wait=False, cancel_futures=True)
         if self._fatal is not None:
             raise WorkerCrashed(f"{type(self._fatal).__name__}: {self._fatal}") from self._fatal
+        if not drained:
+            raise WorkerCrashed(
+                f"gave up after {self.drain_timeout_s:g} s on {self._in_flight} batches in flight: "
+                "not committed, they will be redelivered"
+            )
         log.info("worker stopping", **self.totals.counters())
 
     def _step(self) -> None:
@@ -263,7 +268,7 @@ class Worker:
         if self._fatal is not None or self._abandon.is_set():
             return
         self._dispatch(self.assembler.close())
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        deadline = time.monotonic() + self.drain_timeout_s
         while self._in_flight and self._fatal is None and time.monotonic() < deadline:
             delivered = self._next_delivered(0.0)
             if delivered is None:

@@ -89,6 +89,10 @@ class BatchingSettings(_Group):
     max_batches_in_flight: int = Field(
         3, ge=1, le=64, description="Batches loading, scoring or persisting at once; beyond it partitions pause."
     )
+    drain_timeout_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="On SIGTERM or a rebalance, how long to wait for the batches in flight before giving up on them.",
+    )
 
 
 class PolicySettings(_Group):

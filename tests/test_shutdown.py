@@ -157,3 +157,22 @@ def test_a_second_sigterm_exits_at_once_and_commits_nothing_unfinished(
     assert len(flagged) == produced // 2
     review = Counter(header(r.headers, "event_id") for r in env.read(env.settings.kafka.review_topic))
     assert set(review) == flagged
+
+
+def test_the_drain_deadline_gives_up_on_the_stuck_batch_and_commits_nothing_of_it(
+    pipeline_env: Any, postgres_url: str, test_model_dir: Path, tmp_path: Path
+) -> None:
+    env: PipelineEnv = pipeline_env(postgres_url, max_size=4)
+    store = VerdictStore(create_engine_for(postgres_url))
+    deadline = {"MODERATION_BATCHING__DRAIN_TIMEOUT_S": "3"}
+    with stuck_mid_batch(env, postgres_url, test_model_dir, tmp_path, deadline) as (process, log, produced, _lock):
+        held = committed_offsets(env.settings)
+        process.send_signal(signal.SIGTERM)  # once: it waits for the batch, but only for 3 s
+        started = time.monotonic()
+        assert process.wait(timeout=60) == 1, log.read_text()[-3000:]  # gave up: not a clean exit
+        waited = time.monotonic() - started
+        assert committed_offsets(env.settings) == held
+    assert 3 <= waited < 20
+    assert "gave up after 3 s" in log.read_text()
+    rows_and_commits_agree(env, store)
+    assert store.count() < produced
