@@ -1,8 +1,9 @@
 """The Helm chart in helm/moderation, checked without a helm binary.
 
 A small stand-in renderer expands the chart's own `define`s, substitutes scalar `.Values` paths with their
-values and every other expression with a placeholder, and drops control actions (`if`, `range`, `with`,
-`end`, `fail`, ...), keeping every branch. That is enough to check that each template is well-formed YAML
+values (numbers printed as Helm prints them: float64, so 1000000 becomes 1e+06 unless piped through int64)
+and every other expression with a placeholder, and drops control actions (`if`, `range`, `with`, `end`,
+`fail`, ...), keeping every branch. That is enough to check that each template is well-formed YAML
 with the resources, labels, probes and environment the worker needs; it does not evaluate conditions, so
 what `helm template` actually emits for a given values file is NOT checked here.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,8 @@ import pytest
 import yaml
 
 from consumers.metrics import WorkerMetrics
-from moderation.settings import environment_variables
+from moderation.policy import parse_policy
+from moderation.settings import Settings, environment_variables
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "moderation"
@@ -30,6 +34,7 @@ SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 CI_FILES = sorted((CHART / "ci").glob("*.yaml"))
 MANIFESTS = sorted(TEMPLATES.glob("*.yaml"))
 PLACEHOLDER = "placeholder"
+POLICY_DIR = "/etc/moderation/policies"  # where the workers mount the policies ConfigMap
 
 # --------------------------------------------------------------------------------------------- renderer
 
@@ -37,7 +42,7 @@ _ACTION = re.compile(r"\{\{(-?)(.*?)(-?)\}\}", re.S)
 _CONTROL = re.compile(r"^(if|else|end|range|with|define|block|template|fail)\b")
 _ASSIGN = re.compile(r"^\$[A-Za-z0-9_]*\s*:?=")
 _INDENT = re.compile(r"\|\s*(n?indent)\s+(\d+)\s*$")
-_SIMPLE = re.compile(r"^\$?\.Values\.([A-Za-z0-9_.]+)((?:\s*\|\s*(?:quote|int|toString))*)$")
+_SIMPLE = re.compile(r"^\$?\.Values\.([A-Za-z0-9_.]+)((?:\s*\|\s*(?:quote|int64|int|toString))*)$")
 _INCLUDE = re.compile(r'^include\s+"([^"]+)"\s+(?:\.|\$)((?:\s*\|\s*[a-z]+(?:\s+\d+)?)*)$')
 
 
@@ -99,8 +104,32 @@ def _lookup(values: dict[str, Any], path: str) -> Any:
     return node
 
 
-def _scalar(value: Any, quote: bool) -> str:
-    text = str(value).lower() if isinstance(value, bool) else "" if value is None else str(value)
+def go_number(value: float) -> str:
+    """A number as Helm prints a value from values.yaml: a float64 through fmt's %v (shortest digits, an
+    exponent from 1e+06 up), e.g. 20971520 -> "2.097152e+07" and 5.0 -> "5"."""
+    if value == 0:
+        return "0"
+    sign, digits, exponent = Decimal(repr(float(value))).normalize().as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits))
+    point = len(text) + exponent  # where the decimal point sits among the digits
+    if point - 1 < -4 or point - 1 >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        body = f"{mantissa}e{point - 1:+03d}"
+    elif point <= 0:
+        body = "0." + "0" * -point + text
+    else:
+        body = text.ljust(point, "0") if point >= len(text) else f"{text[:point]}.{text[point:]}"
+    return ("-" if sign else "") + body
+
+
+def _scalar(value: Any, quote: bool, integer: bool = False) -> str:
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, int | float):
+        text = str(int(value)) if integer else go_number(value)
+    else:
+        text = "" if value is None else str(value)
     return json.dumps(text) if quote else text
 
 
@@ -150,8 +179,9 @@ def _expression(expr: str, values: dict[str, Any], output: str) -> str:
             value = _lookup(values, simple.group(1))
         except KeyError:
             value = None
-        quote = "quote" in simple.group(2)
-        body = _scalar(value, quote) if not isinstance(value, dict | list) else PLACEHOLDER
+        pipes = re.findall(r"[a-z0-9]+", simple.group(2).lower())
+        integer = "int" in pipes or "int64" in pipes
+        body = _scalar(value, "quote" in pipes, integer) if not isinstance(value, dict | list) else PLACEHOLDER
     else:
         body = json.dumps(PLACEHOLDER) if re.search(r"\|\s*quote\s*$", core) else PLACEHOLDER
     if indent:
@@ -182,12 +212,17 @@ VALUE_SETS = {"values.yaml": VALUES} | {
 }
 
 
+def _by_template(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each manifest template's one resource (all branches kept), by file name."""
+    return {template.name: doc for template in MANIFESTS for doc in documents(template, values)}
+
+
 def _by_kind(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    resources = {}
-    for template in MANIFESTS:
-        for doc in documents(template, values):
-            resources[doc["kind"]] = doc
-    return resources
+    """The resources of each kind the chart makes one of; the workers' Deployment for "Deployment"."""
+    resources = _by_template(values)
+    kinds = {doc["kind"]: doc for name, doc in resources.items() if name != "deployment-outcomes.yaml"}
+    assert kinds["Deployment"] is resources["deployment.yaml"]
+    return kinds
 
 
 # ------------------------------------------------------------------------------------------------ chart
@@ -210,6 +245,8 @@ def test_chart_metadata_and_files() -> None:
         "servicemonitor.yaml",
         "scaledobject.yaml",
         "configmap-dashboard.yaml",
+        "cronjob-embeddings-prune.yaml",
+        "deployment-outcomes.yaml",
     ):
         assert (TEMPLATES / name).is_file(), name
     assert set(DEFINES) >= {
@@ -244,10 +281,24 @@ def test_schema_accepts_values(name: str) -> None:
         ("kafka.securityProtocol", "TLS"),
         ("kafka.inputTopicPartitions", 0),
         ("batching.maxSize", 0),
+        ("batching.drainTimeoutS", 0),
         ("ops.port", 70000),
         ("model.cache.type", "nfs"),
         ("log.format", "xml"),
         ("kafka.bootstarpServers", "typo:9092"),
+        ("kafka.reviewOutcomesTopic", ""),
+        ("policies.shadow", "candidate.yaml"),
+        ("policies.shadow", ["candidate.yaml", "candidate.yaml"]),
+        ("policies.sources", {"kids-app": "/etc/moderation/policies/strict.yaml"}),
+        ("policies.sources", ["strict.yaml"]),
+        ("policies.reloadIntervalS", -1),
+        ("policies.rollOnChange", "no"),
+        ("embeddings.retentionDays", -1),
+        ("embeddings.cacheSize", 1.5),
+        ("embeddings.prune.schedule", "daily"),
+        ("embeddings.prune.concurrencyPolicy", "Allow"),
+        ("outcomes.replicas", -1),
+        ("outcomes.port", 9108),
     ],
 )
 def test_schema_rejects_bad_values(path: str, bad: Any) -> None:
@@ -259,6 +310,17 @@ def test_schema_rejects_bad_values(path: str, bad: Any) -> None:
     node[leaf] = bad
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(SCHEMA).validate(values)
+
+
+def test_schema_wants_reloading_when_policy_changes_do_not_roll_the_pods() -> None:
+    values = copy.deepcopy(VALUES)
+    values["policies"] |= {"rollOnChange": False, "reloadIntervalS": 0}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(SCHEMA).validate(values)
+    values["policies"]["reloadIntervalS"] = 2.5
+    jsonschema.Draft7Validator(SCHEMA).validate(values)
+    values["policies"] |= {"rollOnChange": True, "reloadIntervalS": 0}  # rolling alone is fine
+    jsonschema.Draft7Validator(SCHEMA).validate(values)
 
 
 # -------------------------------------------------------------------------------------------- templates
@@ -304,8 +366,15 @@ def test_deployment_runs_the_worker_with_probes_on_the_ops_port() -> None:
     assert "secretKeyRef" in env["MODERATION_DATABASE__URL"]["valueFrom"]
     assert "secretKeyRef" in env["MODERATION_KAFKA__SASL_PASSWORD"]["valueFrom"]
     assert env["HF_HOME"]["value"].startswith(VALUES["model"]["cache"]["mountPath"])
-    # The worker drains in-flight batches for up to 120 s after SIGTERM.
+    # The worker drains in-flight batches for up to batching.drainTimeoutS after SIGTERM; the chart fails
+    # unless the grace period is longer.
     assert pod["spec"]["terminationGracePeriodSeconds"] == VALUES["terminationGracePeriodSeconds"] > 120
+    assert env["MODERATION_BATCHING__DRAIN_TIMEOUT_S"]["value"] == go_number(VALUES["batching"]["drainTimeoutS"])
+    check = "ge (float64 .Values.batching.drainTimeoutS) (float64 .Values.terminationGracePeriodSeconds)"
+    preamble = (TEMPLATES / "deployment.yaml").read_text().split("apiVersion")[0]
+    assert check in preamble and preamble.count("{{- fail") == 2
+    for name, values in VALUE_SETS.items():
+        assert values["batching"]["drainTimeoutS"] < values["terminationGracePeriodSeconds"], name
     # Security contexts come from values through toYaml (a placeholder here): check the values and the wiring.
     assert VALUES["podSecurityContext"]["runAsNonRoot"] is True
     assert VALUES["securityContext"]["readOnlyRootFilesystem"] is True
@@ -320,6 +389,10 @@ def test_deployment_runs_the_worker_with_probes_on_the_ops_port() -> None:
     assert {"persistentVolumeClaim", "hostPath", "emptyDir"} <= set(volumes["model-cache"])  # all branches
     assert "checksum/policies" in pod["metadata"]["annotations"]
     assert 'include (print $.Template.BasePath "/configmap-policies.yaml") . | sha256sum' in text
+    # The roll on a policy change is switchable (hot reload instead), on by default.
+    assert VALUES["policies"]["rollOnChange"] is True
+    guarded = re.search(r"\{\{-? if \.Values\.policies\.rollOnChange -?\}\}\s*checksum/policies:", text)
+    assert guarded, "checksum/policies should sit inside `if .Values.policies.rollOnChange`"
 
 
 def test_gpu_values_request_the_device() -> None:
@@ -385,6 +458,206 @@ def test_policy_configmap_is_mounted_data() -> None:
     assert configmap["data"]
 
 
+# ------------------------------------------------------------------------------------- env -> settings
+
+HELPERS = (TEMPLATES / "_helpers.tpl").read_text()
+# `- name: MODERATION_X` / `value: {{ .Values.a.b | ... }}` pairs of the shared environment.
+ENV_FROM_VALUES = {
+    name: (path, pipes)
+    for name, path, pipes in re.findall(
+        r"- name: (MODERATION_[A-Z0-9_]+)\n  value: \{\{ \.Values\.([A-Za-z0-9_.]+)((?:\s*\|\s*[a-z0-9]+)*) \}\}",
+        HELPERS,
+    )
+}
+
+
+def policy_env(values: dict[str, Any]) -> dict[str, str]:
+    """What the `range`/`toJson` blocks of moderation.env render (the stand-in renderer leaves placeholders):
+    keys of policies.files as paths under the mount, in JSON, sources in key order as Go ranges a map."""
+    policies = values["policies"]
+    sources = {source: f"{POLICY_DIR}/{file}" for source, file in sorted(policies["sources"].items())}
+    shadow = [f"{POLICY_DIR}/{file}" for file in policies["shadow"]]
+    return {
+        "MODERATION_POLICY__SOURCES": json.dumps(sources, separators=(",", ":")),
+        "MODERATION_POLICY__SHADOW": json.dumps(shadow, separators=(",", ":")),
+    }
+
+
+def _container_env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in container["env"] if "name" in item}
+
+
+def _setting(settings: Settings, name: str) -> Any:
+    group, _, field = name.removeprefix("MODERATION_").lower().partition("__")
+    return getattr(getattr(settings, group), field) if field else getattr(settings, group)
+
+
+def test_policy_sources_and_shadow_are_rendered_as_json_paths() -> None:
+    for expected in (
+        "range $source, $file := .Values.policies.sources",
+        f'set $sources $source (printf "{POLICY_DIR}/%s" $file)',
+        "value: {{ toJson $sources | quote }}",
+        "range .Values.policies.shadow",
+        f'$shadow = append $shadow (printf "{POLICY_DIR}/%s" .)',
+        "value: {{ toJson $shadow | quote }}",
+    ):
+        assert expected in HELPERS, expected
+    (container,) = _by_kind(VALUES)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}[POLICY_DIR] == "policies"
+    assert policy_env(VALUES) == {"MODERATION_POLICY__SOURCES": "{}", "MODERATION_POLICY__SHADOW": "[]"}
+    # Every file named by active, sources or shadow must be in the ConfigMap: the chart fails otherwise.
+    configmap = (TEMPLATES / "configmap-policies.yaml").read_text()
+    assert "hasKey $.Values.policies.files $file" in configmap and "hasKey $.Values.policies.files ." in configmap
+    assert configmap.count("{{- fail") == 3
+    for name, values in VALUE_SETS.items():  # what those checks enforce, for the shipped values
+        policies = values["policies"]
+        named = {policies["active"], *policies["sources"].values(), *policies["shadow"]}
+        assert named <= set(policies["files"]), name
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_policy_files_in_values_are_valid_policies(name: str) -> None:
+    for file, content in VALUE_SETS[name]["policies"]["files"].items():
+        parse_policy(content, file)  # raises PolicyError naming the field and problem
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_rendered_env_is_accepted_by_the_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Numbers come out as Helm prints them (20971520 would be "2.097152e+07" without int64): the worker's
+    # settings must accept every value the chart renders, and each must land in the setting its values key
+    # says.
+    values = VALUE_SETS[name]
+    (container,) = _by_kind(values)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {key: item["value"] for key, item in _container_env(container).items() if "value" in item}
+    # The stand-in renderer keeps both branches of an `if`: drop what the chart's conditions leave out.
+    for guard in (
+        "{{- if .Values.kafka.saslMechanism }}\n- name: MODERATION_KAFKA__SASL_MECHANISM",
+        "{{- if .Values.kafka.tls.caSecretName }}\n- name: MODERATION_KAFKA__SSL_CAFILE",
+    ):
+        assert guard in HELPERS, guard
+    if not values["kafka"]["saslMechanism"]:
+        env = {key: value for key, value in env.items() if not key.startswith("MODERATION_KAFKA__SASL_")}
+    if not values["kafka"]["tls"]["caSecretName"]:
+        env.pop("MODERATION_KAFKA__SSL_CAFILE")
+    assert {env[key] for key in policy_env(values)} == {PLACEHOLDER}
+    env |= policy_env(values)
+    for key in [key for key in os.environ if key.startswith("MODERATION_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)
+    assert len(ENV_FROM_VALUES) > 25
+    for variable, (path, _) in ENV_FROM_VALUES.items():
+        if variable not in env:
+            continue
+        expected, actual = _lookup(values, path), _setting(settings, variable)
+        actual = str(actual) if isinstance(actual, Path) else actual
+        if variable == "MODERATION_POLICY__PATH":
+            expected = f"{POLICY_DIR}/{expected}"
+        assert actual == expected, (variable, actual, expected)
+    policies = values["policies"]
+    assert settings.policy.sources == {s: Path(POLICY_DIR, f) for s, f in policies["sources"].items()}
+    assert settings.policy.shadow == [Path(POLICY_DIR, f) for f in policies["shadow"]]
+    assert settings.kafka.review_outcomes_topic == values["kafka"]["reviewOutcomesTopic"]
+    assert settings.ops.enabled and settings.log.format == values["log"]["format"]
+
+
+def test_integer_settings_are_printed_whole() -> None:
+    # Helm holds numbers from values as float64 and prints 1000000 as 1e+06; an int setting refuses that.
+    assert go_number(20971520) == "2.097152e+07" and go_number(999999) == "999999" and go_number(5.0) == "5"
+    integers = []
+    for variable, (path, pipes) in ENV_FROM_VALUES.items():
+        group, _, field = variable.removeprefix("MODERATION_").lower().partition("__")
+        annotation = Settings.model_fields[group].annotation.model_fields[field].annotation  # type: ignore[union-attr]
+        if annotation is int:
+            integers.append(variable)
+            assert "int64" in pipes, f"{variable}: pipe .Values.{path} through int64"
+    assert "MODERATION_IMAGES__MAX_BYTES" in integers and "MODERATION_EMBEDDINGS__CACHE_SIZE" in integers
+
+
+def test_every_setting_the_chart_sets_is_commented_in_values() -> None:
+    values_text = (CHART / "values.yaml").read_text()
+    set_by_chart = set(re.findall(r"- name: (MODERATION_[A-Z0-9_]+)", HELPERS))
+    fixed = {"MODERATION_DATA_DIR", "MODERATION_OPS__ENABLED", "MODERATION_KAFKA__SASL_PASSWORD"}  # not values
+    missing = sorted(name for name in set_by_chart - fixed if name not in values_text)
+    assert not missing
+
+
+# --------------------------------------------------------------------------------- prune and outcomes
+
+
+def test_embeddings_prune_cronjob_runs_like_the_migration_job() -> None:
+    resources = _by_template(VALUES)
+    cronjob, job = resources["cronjob-embeddings-prune.yaml"], resources["job-migrate.yaml"]
+    assert (cronjob["apiVersion"], cronjob["kind"]) == ("batch/v1", "CronJob")
+    assert VALUES["embeddings"]["prune"]["enabled"] is True
+    spec = cronjob["spec"]
+    assert spec["schedule"] == VALUES["embeddings"]["prune"]["schedule"] == "17 3 * * *"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert "helm.sh/hook" not in cronjob["metadata"].get("annotations", {})
+    pod = spec["jobTemplate"]["spec"]["template"]
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "embeddings-prune"
+    assert pod["spec"]["restartPolicy"] == "Never" and pod["spec"]["automountServiceAccountToken"] is False
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["moderation", "embeddings", "prune"]
+    (migrate,) = job["spec"]["template"]["spec"]["containers"]
+    assert _container_env(container) == _container_env(migrate)  # same settings, same Secret references
+    assert "MODERATION_EMBEDDINGS__RETENTION_DAYS" in _container_env(container)
+    assert {mount["mountPath"] for mount in container["volumeMounts"]} == {"/tmp"}
+    text = (TEMPLATES / "cronjob-embeddings-prune.yaml").read_text()
+    for wiring in (
+        "toYaml .Values.podSecurityContext",
+        "toYaml .Values.securityContext",
+        "toYaml .Values.embeddings.prune.resources",
+        "{{- if .Values.embeddings.prune.enabled }}",
+    ):
+        assert wiring in text, wiring
+    # Its Jobs append an 11-character suffix: the name is kept within 52 characters.
+    assert 'trunc 35 | trimSuffix "-") }}' in text and 35 + len("-embeddings-prune") <= 52
+
+
+def test_outcomes_deployment_is_optional_and_probe_free() -> None:
+    assert VALUES["outcomes"]["enabled"] is False and VALUES["outcomes"]["replicas"] == 1
+    assert any(values["outcomes"]["enabled"] for values in VALUE_SETS.values()), "a CI file should enable it"
+    resources = _by_template(VALUES)
+    deployment, workers = resources["deployment-outcomes.yaml"], resources["deployment.yaml"]
+    assert deployment["kind"] == "Deployment" and deployment["spec"]["replicas"] == 1
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == "outcomes"
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    # The workers' Deployment, Service, PDB and ServiceMonitor select component=worker: never these pods.
+    component = "app.kubernetes.io/component"
+    assert workers["spec"]["selector"]["matchLabels"][component] == "worker"
+    assert resources["service.yaml"]["spec"]["selector"][component] == "worker"
+    assert resources["pdb.yaml"]["spec"]["selector"]["matchLabels"][component] == "worker"
+    assert resources["servicemonitor.yaml"]["spec"]["selector"]["matchLabels"][component] == "worker"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["moderation", "outcomes", "run"]
+    (worker,) = workers["spec"]["template"]["spec"]["containers"]
+    assert _container_env(container) == _container_env(worker)
+    # `moderation outcomes run` serves no HTTP endpoint, so the pod has no port and no HTTP probes. If the
+    # command ever starts the ops server, add them (and this check will say so).
+    assert not {"ports", "livenessProbe", "readinessProbe", "startupProbe"} & set(container)
+    for module in ("consumers/outcomes.py", "consumers/outcome_commands.py"):
+        source = (REPO / module).read_text()
+        assert "consumers.ops" not in source and "OpsServer" not in source, module
+    assert pod["terminationGracePeriodSeconds"] == VALUES["outcomes"]["terminationGracePeriodSeconds"]
+    text = (TEMPLATES / "deployment-outcomes.yaml").read_text()
+    assert "{{- if .Values.outcomes.enabled }}" in text and "toYaml .Values.outcomes.resources" in text
+    assert "toYaml .Values.podSecurityContext" in text and "toYaml .Values.securityContext" in text
+
+
+def test_ci_values_exercise_policies_outcomes_and_prune() -> None:
+    ci = {name: values for name, values in VALUE_SETS.items() if name.startswith("ci/")}
+    assert any(values["policies"]["sources"] and values["policies"]["shadow"] for values in ci.values())
+    assert any(values["outcomes"]["enabled"] for values in ci.values())
+    assert any(not values["policies"]["rollOnChange"] for values in ci.values())
+    assert any(not values["embeddings"]["prune"]["enabled"] for values in ci.values())
+    # A number over a million somewhere, so the int64 printing is exercised end to end.
+    assert any(values["kafka"]["maxPollIntervalMs"] >= 1_000_000 for values in ci.values())
+
+
 # -------------------------------------------------------------------------------------------- dashboard
 
 EXTERNAL_METRICS: set[str] = set()  # metrics the dashboard may query that the worker does not export
@@ -425,11 +698,23 @@ def test_dashboard_queries_only_worker_metrics() -> None:
         "rate(moderation_back_pressure_pauses_total",
         "moderation_batches_in_flight",
         "moderation_assigned_partitions",
+        # Policy reloads (applied / refused edits), shadow policies, duplicate reuse, the uncertain band.
+        "sum by (result) (increase(moderation_policy_reloads_total",
+        "sum by (policy_version) (rate(moderation_shadow_disagreements_total",
+        "sum by (policy_version) (rate(moderation_shadow_verdicts_total",
+        "sum(rate(moderation_embeddings_reused_total",
+        "sum by (category) (rate(moderation_uncertain_total",
     ):
         assert expected in text, expected
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(moderation_end_to_end_seconds_bucket" in text
     assert "histogram_quantile(0.95, sum by (le, stage) (rate(moderation_stage_seconds_bucket" in text
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    places = [tuple(panel["gridPos"][key] for key in ("x", "y")) for panel in dashboard["panels"]]
+    assert len(places) == len(set(places)), "two panels in one place"
+    reloads = next(panel for panel in dashboard["panels"] if "reload" in panel["title"].lower())
+    assert "refused" in reloads["description"] and "applied" in reloads["description"]
     lag = [panel for panel in dashboard["panels"] if "consumer lag" in panel["title"].lower()]
     assert lag and "moderation_consumer_lag" in json.dumps(lag[0]["targets"]) and "KEDA" in lag[0]["description"]
 

@@ -77,7 +77,9 @@ Container image reference; the tag defaults to the chart's appVersion.
 {{- end }}
 
 {{/*
-Environment shared by the worker and the migration Job: every MODERATION_* setting the chart manages.
+Environment shared by every container (worker, migration, prune, outcomes): every MODERATION_* setting the
+chart manages. Integer settings go through int64: Helm reads numbers from values as float64 and would print
+20971520 as 2.097152e+07, which the settings refuse.
 */}}
 {{- define "moderation.env" -}}
 - name: MODERATION_DATA_DIR
@@ -90,14 +92,16 @@ Environment shared by the worker and the migration Job: every MODERATION_* setti
   value: {{ .Values.kafka.reviewTopic | quote }}
 - name: MODERATION_KAFKA__DEAD_LETTER_TOPIC
   value: {{ .Values.kafka.deadLetterTopic | quote }}
+- name: MODERATION_KAFKA__REVIEW_OUTCOMES_TOPIC
+  value: {{ .Values.kafka.reviewOutcomesTopic | quote }}
 - name: MODERATION_KAFKA__CONSUMER_GROUP
   value: {{ .Values.kafka.consumerGroup | quote }}
 - name: MODERATION_KAFKA__CLIENT_ID
   value: {{ .Values.kafka.clientId | quote }}
 - name: MODERATION_KAFKA__SESSION_TIMEOUT_MS
-  value: {{ .Values.kafka.sessionTimeoutMs | quote }}
+  value: {{ .Values.kafka.sessionTimeoutMs | int64 | quote }}
 - name: MODERATION_KAFKA__MAX_POLL_INTERVAL_MS
-  value: {{ .Values.kafka.maxPollIntervalMs | quote }}
+  value: {{ .Values.kafka.maxPollIntervalMs | int64 | quote }}
 - name: MODERATION_KAFKA__SECURITY_PROTOCOL
   value: {{ .Values.kafka.securityProtocol | quote }}
 {{- if .Values.kafka.saslMechanism }}
@@ -131,19 +135,44 @@ Environment shared by the worker and the migration Job: every MODERATION_* setti
 - name: MODERATION_MODEL__GPU_DECODE
   value: {{ .Values.model.gpuDecode | quote }}
 - name: MODERATION_BATCHING__MAX_SIZE
-  value: {{ .Values.batching.maxSize | quote }}
+  value: {{ .Values.batching.maxSize | int64 | quote }}
 - name: MODERATION_BATCHING__MAX_WAIT_MS
-  value: {{ .Values.batching.maxWaitMs | quote }}
+  value: {{ .Values.batching.maxWaitMs | int64 | quote }}
 - name: MODERATION_BATCHING__LOADER_THREADS
-  value: {{ .Values.batching.loaderThreads | quote }}
+  value: {{ .Values.batching.loaderThreads | int64 | quote }}
 - name: MODERATION_BATCHING__MAX_BATCHES_IN_FLIGHT
-  value: {{ .Values.batching.maxBatchesInFlight | quote }}
+  value: {{ .Values.batching.maxBatchesInFlight | int64 | quote }}
+- name: MODERATION_BATCHING__DRAIN_TIMEOUT_S
+  value: {{ .Values.batching.drainTimeoutS | quote }}
 - name: MODERATION_POLICY__PATH
   value: "/etc/moderation/policies/{{ .Values.policies.active }}"
+{{- /* Keys of policies.files become paths under the mount, as JSON (checked in configmap-policies.yaml). */}}
+{{- $sources := dict }}
+{{- range $source, $file := .Values.policies.sources }}
+{{- $_ := set $sources $source (printf "/etc/moderation/policies/%s" $file) }}
+{{- end }}
+- name: MODERATION_POLICY__SOURCES
+  value: {{ toJson $sources | quote }}
+{{- $shadow := list }}
+{{- range .Values.policies.shadow }}
+{{- $shadow = append $shadow (printf "/etc/moderation/policies/%s" .) }}
+{{- end }}
+- name: MODERATION_POLICY__SHADOW
+  value: {{ toJson $shadow | quote }}
+- name: MODERATION_POLICY__RELOAD_INTERVAL_S
+  value: {{ .Values.policies.reloadIntervalS | quote }}
+- name: MODERATION_EMBEDDINGS__STORE
+  value: {{ .Values.embeddings.store | quote }}
+- name: MODERATION_EMBEDDINGS__REUSE
+  value: {{ .Values.embeddings.reuse | quote }}
+- name: MODERATION_EMBEDDINGS__RETENTION_DAYS
+  value: {{ .Values.embeddings.retentionDays | quote }}
+- name: MODERATION_EMBEDDINGS__CACHE_SIZE
+  value: {{ .Values.embeddings.cacheSize | int64 | quote }}
 - name: MODERATION_IMAGES__MAX_BYTES
-  value: {{ .Values.images.maxBytes | quote }}
+  value: {{ .Values.images.maxBytes | int64 | quote }}
 - name: MODERATION_IMAGES__MAX_PIXELS
-  value: {{ .Values.images.maxPixels | quote }}
+  value: {{ .Values.images.maxPixels | int64 | quote }}
 - name: MODERATION_IMAGES__FETCH_TIMEOUT_S
   value: {{ .Values.images.fetchTimeoutS | quote }}
 - name: MODERATION_IMAGES__ALLOW_HTTP
@@ -153,7 +182,7 @@ Environment shared by the worker and the migration Job: every MODERATION_* setti
 - name: MODERATION_OPS__ENABLED
   value: "true"
 - name: MODERATION_OPS__PORT
-  value: {{ .Values.ops.port | quote }}
+  value: {{ .Values.ops.port | int64 | quote }}
 - name: MODERATION_OPS__LIVENESS_TIMEOUT_S
   value: {{ .Values.ops.livenessTimeoutS | quote }}
 - name: MODERATION_LOG__LEVEL
