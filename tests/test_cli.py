@@ -262,7 +262,7 @@ def test_build_moderator_applies_the_model_settings(test_model_dir: Path) -> Non
     moderator = build_moderator(settings)
     try:
         assert moderator.scorer.precision == "int8"  # type: ignore[attr-defined]
-        assert moderator._pool._max_workers == 3
+        assert moderator._loader_threads == 3
     finally:
         moderator.close()
 

@@ -20,9 +20,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from moderation.exceptions import ConfigurationError
 from moderation.outcomes import CONFIRMED, OVERTURNED, SCHEMA_VERSION, ReviewOutcome
-from moderation.scoring import EMBEDDING_DTYPE
 from moderation.storage.models import embeddings_table, review_outcomes_table, verdicts_table
 from moderation.storage.store import _INSERTS, StorageError, _chunks, _describe, _max_bind_parameters
+from moderation.verdict import EMBEDDING_DTYPE
 
 
 @dataclass(frozen=True)
