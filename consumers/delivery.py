@@ -8,7 +8,7 @@ only when the one before succeeded, so a crash anywhere leaves the batch uncommi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -29,7 +29,8 @@ STEP_FLUSHED = "flushed"
 STEP_COMMITTED = "committed"
 
 SEND_TIMEOUT_S = 60.0
-COUNTERS = ("records", "verdicts", "flagged", "errors", "dead_lettered")
+COUNTERS = ("records", "verdicts", "flagged", "errors", "dead_lettered", "conflicts")
+REASON_EVENT_ID_CONFLICT = "event_id_conflict"
 
 
 @dataclass
@@ -39,6 +40,7 @@ class BatchResult:
     flagged: int = 0
     errors: int = 0
     dead_lettered: int = 0
+    conflicts: int = 0  # events whose event_id was already stored for other content: dead-lettered
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     stored: list[Verdict] = field(default_factory=list)  # the verdicts as stored, one per event id
     persist_s: float = 0.0
@@ -75,22 +77,39 @@ class Delivery:
         self.store = store
         self.producer = producer
         self.review_topic = kafka.review_topic
+        self.dead_letter_topic = kafka.dead_letter_topic
         self.on_step = on_step
 
     def deliver(
-        self, verdicts: Sequence[Verdict], dead_letters: Sequence[OutgoingMessage], result: BatchResult
+        self,
+        verdicts: Sequence[Verdict],
+        dead_letters: Sequence[OutgoingMessage],
+        result: BatchResult,
+        records: Mapping[int, ConsumerRecord] | None = None,
     ) -> None:
+        """Steps 1-3 for one batch. `records` maps a verdict's position to its record, so an event whose
+        event_id turns out to be taken by other content can be dead-lettered with its original bytes."""
         # Step 1: write every verdict in one database transaction (idempotent on event_id). What comes
         # back is what is stored: for a redelivered event, the row written the first time. Repeats of
         # one event id inside the batch come back as the same stored verdict: act on it once.
         started = time.perf_counter()
-        stored = list({v.event_id: v for v in self.store.save_batch(verdicts)}.values())
+        saved = self.store.save_batch(verdicts)
+        stored = list({v.event_id: v for v in saved}.values())
         result.persist_s = time.perf_counter() - started
+        # An event_id already stored for another image: this event's image was never checked, and the
+        # stored verdict is not about it. Dead-letter it (never silently dropped) and act on the stored one.
+        conflicts = [
+            dead_letter_for(records[i], EventError(REASON_EVENT_ID_CONFLICT, conflict), self.dead_letter_topic)
+            for i, (attempt, kept) in enumerate(zip(verdicts, saved, strict=True))
+            if (conflict := _conflict(attempt, kept)) and records is not None and i in records
+        ]
+        dead_letters = [*dead_letters, *conflicts]
         result.stored = stored
         result.verdicts = len(stored)
         result.flagged = sum(v.flagged for v in stored)
         result.errors = sum(v.status is VerdictStatus.ERROR for v in stored)
         result.dead_lettered = len(dead_letters)
+        result.conflicts = len(conflicts)
         self.on_step(STEP_PERSISTED, result)
 
         started = time.perf_counter()
@@ -105,3 +124,16 @@ class Delivery:
         result.publish_s = time.perf_counter() - started
         self.on_step(STEP_FLUSHED, result)
         # Step 4, committing result.offsets, happens on the consumer's thread (Worker._commit_finished).
+
+
+def _conflict(attempt: Verdict, kept: Verdict) -> str:
+    """Why `kept` (the stored verdict for attempt's event_id) is not about attempt's image; "" if it is.
+
+    A redelivered event carries the same content id and image reference, so it never conflicts.
+    """
+    if attempt.content_id != kept.content_id:
+        return f"event_id {attempt.event_id!r} is stored for content {kept.content_id!r}, not {attempt.content_id!r}"
+    if attempt.image_ref != kept.image_ref:
+        stored, this = kept.image_ref[:200], attempt.image_ref[:200]
+        return f"event_id {attempt.event_id!r} is stored for image {stored!r}, not {this!r}"
+    return ""

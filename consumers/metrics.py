@@ -85,6 +85,8 @@ class WorkerMetrics:
         self.stage_seconds.labels("persist").observe(result.persist_s)
         self.stage_seconds.labels("publish").observe(result.publish_s)
         self.stage_seconds.labels("commit").observe(commit_s)
+        if result.conflicts:
+            self.dead_letters.labels("event_id_conflict").inc(result.conflicts)
         for verdict in result.stored:
             self.verdicts.labels(verdict.status.value, verdict.top_category or "", verdict.action or "").inc()
             if verdict.flagged:

@@ -366,7 +366,8 @@ class Worker:
         dead_letters = [p.dead_letter for p in prepared if p.dead_letter is not None]
         for message in dead_letters:
             self.metrics.dead_letters.labels(header(message.headers, "dlq.reason") or "unknown").inc()
-        self._to_deliver.put((batch, verdicts, dead_letters))
+        records = {i: p.record for i, p in enumerate(scored)}
+        self._to_deliver.put((batch, verdicts, dead_letters, records))
 
     def _count_scored(self, verdict: Verdict) -> None:
         if verdict.uncertain:
@@ -378,13 +379,13 @@ class Worker:
             if shadow.flagged != verdict.flagged:
                 self.metrics.shadow_disagreements.labels(shadow.policy_version).inc()
 
-    def _deliver(self, item: tuple[Batch, list, list[OutgoingMessage]]) -> None:
-        batch, verdicts, dead_letters = item
+    def _deliver(self, item: tuple[Batch, list, list[OutgoingMessage], dict[int, ConsumerRecord]]) -> None:
+        batch, verdicts, dead_letters, records = item
         result = BatchResult(records=len(batch))
         delay_s = 0.5
         while not self._abandon.is_set():
             try:
-                self.delivery.deliver(verdicts, dead_letters, result)
+                self.delivery.deliver(verdicts, dead_letters, result, records)
             except (StorageError, KafkaError) as exc:
                 # The database or the broker is away: keep the batch, back off, try again. Nothing is
                 # committed meanwhile, and the full pipeline pauses the partitions upstream.

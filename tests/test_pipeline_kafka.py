@@ -180,3 +180,29 @@ def test_a_repeated_event_gets_one_row_and_one_review_message(
     assert store.count() == 2
     review = env.read(env.settings.kafka.review_topic)
     assert [header(r.headers, "event_id") for r in review] == [event["event_id"]]
+
+
+def test_an_event_id_reused_for_other_content_is_dead_lettered(
+    pipeline_env: Any, database_url: str, scorer: Any, tmp_path: Path
+) -> None:
+    """Its image was never checked, and the stored verdict is about another image: never silently dropped."""
+    env: PipelineEnv = pipeline_env(database_url, max_size=4, max_wait_ms=200)
+    red, blue = tmp_path / "red.png", tmp_path / "blue.png"
+    make_colour_image("red", (120, 90), seed=8).save(red, "PNG")
+    make_colour_image("blue", (120, 90), seed=9).save(blue, "PNG")
+    first = file_event(red, source="buggy-uploader", content_id="photo-1")
+    same_id_other_image = file_event(blue, source="buggy-uploader", content_id="photo-2")
+    same_id_other_image["event_id"] = first["event_id"]
+    retried = dict(first)  # a plain retry of the first: not a conflict
+    produced = env.produce([first, retried, same_id_other_image])
+    store = drain(env, database_url, scorer, produced)
+    assert store.count() == 1
+    kept = store.get(first["event_id"])
+    assert kept is not None and kept.content_id == "photo-1" and kept.top_category == "red"
+    dead = env.read(env.settings.kafka.dead_letter_topic)
+    assert len(dead) == 1
+    assert header(dead[0].headers, "dlq.reason") == "event_id_conflict"
+    assert "photo-2" in (header(dead[0].headers, "dlq.detail") or "")
+    assert json.loads(dead[0].value) == same_id_other_image  # the original bytes, untouched
+    review = env.read(env.settings.kafka.review_topic)
+    assert [json.loads(r.value)["content_id"] for r in review] == ["photo-1"]
