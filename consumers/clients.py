@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -44,6 +46,21 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**options)
 
 
+def make_worker_producer(settings: Settings) -> KafkaProducer:
+    """The worker's producer: transactional (initialised) in transactional delivery mode, else idempotent.
+
+    Each producer gets its own transactional.id: stale members are fenced through the consumer group's
+    generation sent with the offsets (KIP-447), so the id need not be stable across restarts.
+    """
+    kafka = settings.kafka
+    if kafka.delivery_mode != "transactional":
+        return make_producer(settings)
+    transactional_id = f"{kafka.transactional_id_prefix}-{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+    producer = make_producer(settings, transactional_id=transactional_id, enable_idempotence=True)
+    producer.init_transactions()
+    return producer
+
+
 def ensure_topics(settings: Settings, topics: list[str], partitions: int = 4) -> None:
     """Create topics that do not exist yet (brokers that auto-create make this a no-op)."""
     admin = KafkaAdminClient(**settings.kafka.client_options())
@@ -63,12 +80,16 @@ def ensure_topics(settings: Settings, topics: list[str], partitions: int = 4) ->
         admin.close()
 
 
-def read_topic(settings: Settings, topic: str, idle_s: float = 2.0, timeout_s: float = 30.0) -> list[Any]:
+def read_topic(
+    settings: Settings, topic: str, idle_s: float = 2.0, timeout_s: float = 30.0, **overrides: Any
+) -> list[Any]:
     """Every record on `topic`, read from the beginning of each partition outside any group.
 
     Reads until nothing arrives for `idle_s` (the embedded broker's end offsets are not reliable).
+    `overrides` are consumer options (e.g. ``isolation_level="read_committed"``).
     """
-    consumer = KafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False, group_id=None)
+    options = {**settings.kafka.client_options(), "enable_auto_commit": False, "group_id": None, **overrides}
+    consumer = KafkaConsumer(**options)
     try:
         deadline = time.monotonic() + timeout_s
         partitions = consumer.partitions_for_topic(topic)

@@ -10,10 +10,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import (
+    CommitFailedError,
+    FencedInstanceIdError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+from kafka.structs import OffsetAndMetadata
 
 from consumers.messages import OutgoingMessage, dead_letter_message, review_message
 from moderation.exceptions import EventError
@@ -31,6 +41,10 @@ STEP_COMMITTED = "committed"
 SEND_TIMEOUT_S = 60.0
 COUNTERS = ("records", "verdicts", "flagged", "errors", "dead_lettered", "conflicts")
 REASON_EVENT_ID_CONFLICT = "event_id_conflict"
+# Errors that mean this member's generation is over: retrying the transaction cannot succeed.
+_GROUP_MOVED_ON = (
+    CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError, FencedInstanceIdError
+)
 
 
 @dataclass
@@ -41,6 +55,7 @@ class BatchResult:
     errors: int = 0
     dead_lettered: int = 0
     conflicts: int = 0  # events whose event_id was already stored for other content: dead-lettered
+    offsets_committed: bool = False  # transactional mode: the transaction carried the offsets
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     stored: list[Verdict] = field(default_factory=list)  # the verdicts as stored, one per event id
     persist_s: float = 0.0
@@ -78,6 +93,7 @@ class Delivery:
         self.producer = producer
         self.review_topic = kafka.review_topic
         self.dead_letter_topic = kafka.dead_letter_topic
+        self.transactional = kafka.delivery_mode == "transactional"
         self.on_step = on_step
 
     def deliver(
@@ -86,9 +102,13 @@ class Delivery:
         dead_letters: Sequence[OutgoingMessage],
         result: BatchResult,
         records: Mapping[int, ConsumerRecord] | None = None,
+        offsets: Mapping[TopicPartition, int] | None = None,
+        group: Any = None,
     ) -> None:
         """Steps 1-3 for one batch. `records` maps a verdict's position to its record, so an event whose
-        event_id turns out to be taken by other content can be dead-lettered with its original bytes."""
+        event_id turns out to be taken by other content can be dead-lettered with its original bytes.
+        In transactional mode, `offsets` and the consumer's `group` metadata let step 4 join the
+        transaction (then `result.offsets_committed` is set)."""
         # Step 1: write every verdict in one database transaction (idempotent on event_id). What comes
         # back is what is stored: for a redelivered event, the row written the first time. Repeats of
         # one event id inside the batch come back as the same stored verdict: act on it once.
@@ -115,15 +135,49 @@ class Delivery:
         started = time.perf_counter()
         # Step 2: publish flagged verdicts to the review topic and bad events to the dead-letter topic.
         outgoing = [review_message(self.review_topic, v) for v in stored if v.flagged] + list(dead_letters)
-        futures = [self.producer.send(m.topic, key=m.key, value=m.value, headers=m.headers) for m in outgoing]
-
-        # Step 3: flush the producer and check every send was acknowledged (raises if one failed).
-        self.producer.flush(timeout=SEND_TIMEOUT_S)
-        for future in futures:
-            future.get(timeout=SEND_TIMEOUT_S)
+        if self.transactional and outgoing and offsets is not None and group is not None:
+            # Steps 2-4 as one Kafka transaction: the messages and the batch's offsets commit together or
+            # not at all, so read_committed consumers of the review topic see each message once.
+            try:
+                self._in_transaction(outgoing, offsets, group)
+            except _GROUP_MOVED_ON as exc:
+                # The group rebalanced under this batch: its messages were aborted with the transaction
+                # and the partitions' new owner redelivers it. Nothing to commit from here.
+                log.warning("transaction fenced by a rebalance; the new owner redelivers the batch", error=str(exc))
+            result.offsets_committed = True
+        else:
+            # A batch with nothing to publish has nothing to make atomic: its offsets are committed by
+            # the consumer, in both modes.
+            futures = [self.producer.send(m.topic, key=m.key, value=m.value, headers=m.headers) for m in outgoing]
+            # Step 3: flush the producer and check every send was acknowledged (raises if one failed).
+            self.producer.flush(timeout=SEND_TIMEOUT_S)
+            for future in futures:
+                future.get(timeout=SEND_TIMEOUT_S)
         result.publish_s = time.perf_counter() - started
         self.on_step(STEP_FLUSHED, result)
-        # Step 4, committing result.offsets, happens on the consumer's thread (Worker._commit_finished).
+        # Step 4, committing result.offsets, happens on the consumer's thread (Worker._commit_finished),
+        # unless the transaction above carried them.
+
+    def _in_transaction(
+        self, outgoing: Sequence[OutgoingMessage], offsets: Mapping[TopicPartition, int], group: Any
+    ) -> None:
+        producer = self.producer
+        producer.begin_transaction()
+        try:
+            futures = [producer.send(m.topic, key=m.key, value=m.value, headers=m.headers) for m in outgoing]
+            producer.flush(timeout=SEND_TIMEOUT_S)
+            for future in futures:
+                future.get(timeout=SEND_TIMEOUT_S)
+            producer.send_offsets_to_transaction(
+                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}, group
+            )
+            producer.commit_transaction()
+        except KafkaError:
+            try:
+                producer.abort_transaction()
+            except KafkaError as exc:  # the producer is unusable: the retry gets a new one (Worker)
+                log.warning("could not abort the transaction", error=str(exc))
+            raise
 
 
 def _conflict(attempt: Verdict, kept: Verdict) -> str:

@@ -10,7 +10,7 @@ from types import FrameType
 
 import structlog
 
-from consumers.clients import make_consumer, make_producer
+from consumers.clients import make_consumer, make_worker_producer
 from consumers.metrics import WorkerMetrics
 from consumers.ops import CachedCheck, OpsServer
 from consumers.worker import BatchResult, Worker
@@ -71,10 +71,10 @@ def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator |
     store = open_store(settings)
     moderator = moderator or build_moderator(settings, store=store)
     consumer = make_consumer(settings)
-    producer = make_producer(settings)
+    producer = make_worker_producer(settings)
     worker = Worker(
         consumer=consumer, producer=producer, moderator=moderator, store=store, settings=settings,
-        producer_factory=lambda: make_producer(settings),
+        producer_factory=lambda: make_worker_producer(settings),
     )
     describe(worker.metrics, moderator)
     ops = start_ops_server(settings, worker, store) if settings.ops.enabled else None

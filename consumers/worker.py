@@ -200,7 +200,9 @@ class Worker:
             batch, result = delivered
             started = time.perf_counter()
             try:
-                self.consumer.commit(self._offsets(batch, result))
+                offsets = self._offsets(batch, result)
+                if not result.offsets_committed:  # else the batch's Kafka transaction carried them
+                    self.consumer.commit(offsets)
             except KafkaError as exc:
                 self._commit_failed(exc)
             self._committed(batch, result, time.perf_counter() - started)
@@ -277,7 +279,9 @@ class Worker:
             batch, result = delivered
             started = time.perf_counter()
             try:
-                await self.consumer.commit_async(self._offsets(batch, result))
+                offsets = self._offsets(batch, result)
+                if not result.offsets_committed:
+                    await self.consumer.commit_async(offsets)
             except KafkaError as exc:
                 self._commit_failed(exc)
             self._committed(batch, result, time.perf_counter() - started)
@@ -385,7 +389,8 @@ class Worker:
         delay_s = 0.5
         while not self._abandon.is_set():
             try:
-                self.delivery.deliver(verdicts, dead_letters, result, records)
+                group = self.consumer.group_metadata() if self.delivery.transactional else None  # lock-protected
+                self.delivery.deliver(verdicts, dead_letters, result, records, batch.next_offsets(), group)
             except (StorageError, KafkaError) as exc:
                 # The database or the broker is away: keep the batch, back off, try again. Nothing is
                 # committed meanwhile, and the full pipeline pauses the partitions upstream.

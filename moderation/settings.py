@@ -31,6 +31,13 @@ class KafkaSettings(_Group):
         "moderation.review.outcomes", description="Reviewers' decisions (confirmed / overturned flags)."
     )
     consumer_group: str = Field("moderation", description="Kafka consumer group of the worker fleet.")
+    delivery_mode: Literal["at_least_once", "transactional"] = Field(
+        "at_least_once",
+        description="transactional: review and dead-letter messages and the batch's offsets in one Kafka transaction.",
+    )
+    transactional_id_prefix: str = Field(
+        "moderation", description="Transactional mode: each producer's transactional.id starts with this."
+    )
     client_id: str = Field("moderation", description="Client id sent to the brokers (shows in broker logs).")
     session_timeout_ms: int = Field(10_000, ge=1_000, description="Group session timeout.")
     max_poll_interval_ms: int = Field(300_000, ge=10_000, description="Longest allowed gap between polls.")
