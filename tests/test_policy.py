@@ -431,3 +431,34 @@ def test_duplicate_keys_are_refused_with_their_line() -> None:
     with pytest.raises(PolicyError) as info:
         parse_policy(text, "dup.yaml")
     assert "dup.yaml: line 5, column 3: not valid YAML: duplicate key 'nsfw'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "!!python/object/apply:os.system ['touch /tmp/moderation-pwned']",
+        "!!python/object/new:subprocess.Popen [['true']]",
+        "!!python/name:os.system",
+    ],
+)
+def test_yaml_tags_that_construct_objects_are_refused(tag: str, tmp_path: Path) -> None:
+    """Policies are data: a tag asking PyYAML to build a Python object is a YAML error, never executed."""
+    marker = Path("/tmp/moderation-pwned")
+    marker.unlink(missing_ok=True)
+    text = f"version: {tag}\ncategories:\n" + SAFE + UNSAFE
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "evil.yaml")
+    assert "evil.yaml: line 1" in str(info.value) and "not valid YAML" in str(info.value)
+    assert not marker.exists()
+
+
+def test_a_policy_that_fails_validation_never_reaches_a_worker(tmp_path: Path) -> None:
+    """The policy files a worker starts with are validated before any model loads; a broken one stops it."""
+    from moderation.policy_book import PolicyFiles
+    from moderation.settings import PolicySettings
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(policy_text(SAFE, UNSAFE.replace("block", "delete")))
+    with pytest.raises(PolicyError) as info:
+        PolicyFiles(PolicySettings(path=POLICIES_DIR / "test-model.yaml", shadow=[bad]))
+    assert f"{bad}: categories.nsfw.action" in str(info.value)
