@@ -156,3 +156,35 @@ def test_shadow_report_compares_shadow_verdicts_with_the_ones_acted_on(scorer: o
 
     missing = moderation("policy", "shadow-report", "--policy-version", "nope", env=database)
     assert missing.returncode == 1 and "candidate-2 (12 rows)" in missing.stderr
+
+
+def test_tune_from_reviewer_decisions(traffic: str, test_model_dir: Path, tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from moderation.outcomes import ReviewOutcome
+    from moderation.storage.outcomes import OutcomeStore
+
+    # Reviewers confirm three red flags and overturn one; they confirm every yellow block.
+    decided = datetime.now(timezone.utc).isoformat()
+    outcomes = [
+        ReviewOutcome(schema_version=1, event_id=f"red-{i}", outcome="confirmed" if i < 3 else "overturned",
+                      decided_at=decided)
+        for i in range(4)
+    ] + [ReviewOutcome(schema_version=1, event_id=f"yellow-{i}", outcome="confirmed", decided_at=decided)
+         for i in range(4)]
+    engine = create_engine_for(traffic)
+    try:
+        assert OutcomeStore(engine).save_many(outcomes) == 8
+    finally:
+        engine.dispose()
+    out = tmp_path / "tune.json"
+    result = moderation(
+        "policy", "tune", str(POLICY), "--from-reviews", "--target-recall", "1.0", "--json", str(out),
+        env=env_for(traffic, test_model_dir),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "8 labelled items" in result.stdout
+    tuned = {c["category"]: c for c in json.loads(out.read_text())["categories"]}
+    assert (tuned["red"]["positives"], tuned["red"]["negatives"]) == (3, 5)
+    assert (tuned["yellow"]["positives"], tuned["yellow"]["negatives"]) == (4, 4)
+    assert tuned["red"]["current"]["precision"] == 0.75  # 3 of the 4 red flags were right
