@@ -10,10 +10,10 @@ image, truncated: `error` verdicts) and broken events (invalid JSON, bad base64,
 letters), all small inline images. It is produced in `kills + 1` slices, one before each kill cycle, so
 every kill lands with work pending. Each kill picks a member (with `--members 2`, either of two workers in
 one group) and a moment: `startup` (within 3 s of the spawn: imports, model load, group join), `assigned`
-(just after the member logged its partition assignment: first fetch and batch) or `mid-stream` (once new
-verdict rows appear: a batch is being persisted, published, flushed or committed). The killed worker is
-restarted at once. After the last kill the workers run until the group has committed every record, get a
-SIGTERM, and the outcome is checked:
+(just after the member logged its partition assignment: first fetch and batch) or `mid-stream` (once it
+holds partitions and new verdict rows appear: a batch is being persisted, published, flushed or committed).
+The killed worker is restarted at once. After the last kill the workers run until the group has committed
+every record, get a SIGTERM, and the outcome is checked:
 
 - verdict rows = valid events (every event that is not dead-lettered), each event id once (count, count
   distinct, and a GROUP BY), each with the verdict its colour calls for;
@@ -463,6 +463,9 @@ def run_chaos(config: Config, log: Any = say) -> Outcome:  # noqa: C901 - one st
                         time.sleep(0.02)
                     time.sleep(rng.uniform(0.0, 0.4))
                 else:
+                    while not victim.assigned and time.monotonic() < limit:  # it must hold partitions
+                        watch_members()
+                        time.sleep(0.02)
                     target = rows() + rng.randint(1, 3 * config.batch)
                     while rows() < target and time.monotonic() < limit:
                         watch_members()
@@ -498,6 +501,11 @@ def run_chaos(config: Config, log: Any = say) -> Outcome:  # noqa: C901 - one st
             log(f"drained: rows {done_rows}/{len(valid)}, committed {done_committed}/{len(plan)}; stopping workers")
             exits = [member.terminate() for member in members]
             final_committed = committed.total()
+            for _ in range(20):  # -1: the coordinator was busy (the group just emptied); ask again
+                if final_committed >= 0:
+                    break
+                time.sleep(0.5)
+                final_committed = committed.total()
             outcome.figures.update(_gather(settings, database, prefix, plan, log))
         finally:
             for member in members:  # whatever happened, leave no worker behind (only our own PIDs)

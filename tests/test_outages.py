@@ -183,7 +183,9 @@ def test_database_outage_holds_offsets_keeps_the_member_and_recovers_by_itself(
     assert set(review.values()) == {1}  # nothing is published before its verdict is stored
 
 
-BROKER_OUTAGE_S = 10.0  # several session timeouts (2 s): the broker drops the member meanwhile
+# Several session timeouts (2 s); past a minute (MODERATION_TEST_BROKER_OUTAGE_S=75) the producer's flush
+# times out too, and the retries go through new producers.
+BROKER_OUTAGE_S = float(os.environ.get("MODERATION_TEST_BROKER_OUTAGE_S", "10"))
 
 
 def test_broker_outage_mid_batch_keeps_the_worker_alive_and_loses_nothing(
@@ -211,7 +213,10 @@ def test_broker_outage_mid_batch_keeps_the_worker_alive_and_loses_nothing(
                     cut.set()
 
             armed = threading.Event()
-            worker = new_worker(env, build_moderator(env.settings), store, on_step=cut_after_persisting)
+            worker = new_worker(
+                env, build_moderator(env.settings), store, on_step=cut_after_persisting,
+                producer_factory=lambda: make_producer(env.settings),  # as run_worker wires it
+            )
             with running(worker) as errors:
                 wait_for(lambda: committed_total(env.settings) >= first, 90, "the first events to be committed")
                 armed.set()
