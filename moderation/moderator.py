@@ -319,7 +319,7 @@ class Moderator:
                     top_category=decision.top_category,
                     action=decision.action,
                     uncertain=decision.uncertain,
-                    scores={name: round(float(p), 6) for name, p in outcome.probabilities.items()},
+                    scores=_rounded(outcome.probabilities),
                 ))
         except Exception:  # noqa: BLE001 - shadows are observations: log, never fail the batch
             log.exception("shadow policy %s (%s) failed on a batch", shadow.version, shadow.path)
@@ -382,7 +382,7 @@ class Moderator:
             flagged=decision.flagged,
             top_category=decision.top_category,
             action=decision.action,
-            scores={name: round(float(p), 6) for name, p in scores.probabilities.items()},
+            scores=_rounded(scores.probabilities),
             best_prompt=scores.best_prompt,
             policy_version=policy.version,
             policy_hash=policy.sha256,
@@ -423,3 +423,8 @@ class Moderator:
 def _embeds(scorer: Any) -> bool:
     """Whether `scorer` splits scoring into embedding and policy scoring (ClipScorer does; simple fakes don't)."""
     return all(hasattr(scorer, name) for name in ("pixel_embeddings", "image_embeddings", "score_embeddings"))
+
+
+def _rounded(scores: dict[str, float]) -> dict[str, float]:
+    """Scores as stored: six decimals are far below any threshold's meaning and keep rows small."""
+    return {name: round(float(p), 6) for name, p in scores.items()}

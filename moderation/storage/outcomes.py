@@ -18,10 +18,9 @@ import numpy as np
 from sqlalchemy import Engine, and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from moderation.exceptions import ConfigurationError
 from moderation.outcomes import CONFIRMED, OVERTURNED, SCHEMA_VERSION, ReviewOutcome
 from moderation.storage.models import embeddings_table, review_outcomes_table, verdicts_table
-from moderation.storage.store import _INSERTS, StorageError, _chunks, _describe, _max_bind_parameters
+from moderation.storage.store import StorageError, _chunks, _describe, dialect_insert
 from moderation.verdict import EMBEDDING_DTYPE
 
 
@@ -86,12 +85,8 @@ class OutcomeStore:
     """The review_outcomes table over one Engine (SQLite or PostgreSQL); tables come from migrations."""
 
     def __init__(self, engine: Engine) -> None:
-        dialect_name = engine.dialect.name
-        if dialect_name not in _INSERTS:
-            raise ConfigurationError(f"unsupported database {dialect_name!r}: use sqlite or postgresql")
         self._engine = engine
-        self._insert = _INSERTS[dialect_name]
-        self._max_parameters = _max_bind_parameters(dialect_name)
+        self._insert, self._max_parameters = dialect_insert(engine)
 
     @property
     def engine(self) -> Engine:

@@ -105,6 +105,14 @@ def _max_bind_parameters(dialect_name: str) -> int:
     return 30_000  # the PostgreSQL protocol allows 65535
 
 
+def dialect_insert(engine: Engine) -> tuple[Any, int]:
+    """The dialect's insert() (the one with ON CONFLICT) and how many parameters one statement may bind."""
+    dialect_name = engine.dialect.name
+    if dialect_name not in _INSERTS:
+        raise ConfigurationError(f"unsupported database {dialect_name!r}: use sqlite or postgresql")
+    return _INSERTS[dialect_name], _max_bind_parameters(dialect_name)
+
+
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -199,12 +207,8 @@ class VerdictStore:
     """Idempotent writes and the few reads the service and its dashboard need, over one Engine."""
 
     def __init__(self, engine: Engine) -> None:
-        dialect_name = engine.dialect.name
-        if dialect_name not in _INSERTS:
-            raise ConfigurationError(f"unsupported database {dialect_name!r}: use sqlite or postgresql")
         self._engine = engine
-        self._insert = _INSERTS[dialect_name]
-        self._max_parameters = _max_bind_parameters(dialect_name)
+        self._insert, self._max_parameters = dialect_insert(engine)
 
     def _insert_ignoring_repeats(self, conn: Any, table: Any, rows: Sequence[dict[str, Any]], key: list[Any]) -> None:
         """Multi-row INSERT ... ON CONFLICT (key) DO NOTHING, in chunks that fit the parameter limit."""
