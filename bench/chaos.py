@@ -7,13 +7,14 @@ It starts its own embedded broker, creates the topics, and runs real worker proc
 consumers.cli run`, configured through MODERATION_* variables, on the offline test model). The stream is a
 seeded mix of flagged images (red: review, yellow: block), clean ones (blue, green), broken images (not an
 image, truncated: `error` verdicts) and broken events (invalid JSON, bad base64, missing fields: dead
-letters), all small inline images. It is produced in `kills + 1` slices, one before each kill cycle, so
-every kill lands with work pending. Each kill picks a member (with `--members 2`, either of two workers in
-one group) and a moment: `startup` (within 3 s of the spawn: imports, model load, group join), `assigned`
-(just after the member logged its partition assignment: first fetch and batch) or `mid-stream` (once it
-holds partitions and new verdict rows appear: a batch is being persisted, published, flushed or committed).
-The killed worker is restarted at once. After the last kill the workers run until the group has committed
-every record, get a SIGTERM, and the outcome is checked:
+letters), all small inline images. It is produced in `kills + 1` slices, one in each kill cycle (for a
+mid-stream kill, once the victim holds partitions), so every kill lands with work pending. Each kill picks
+a member (with `--members 2`, either of two workers in one group) and a moment: `startup` (within 3 s of
+the spawn: imports, model load, group join), `assigned` (just after the member logged its partition
+assignment: first fetch and batch) or `mid-stream` (once it holds partitions and new verdict rows appear: a
+batch is being persisted, published, flushed or committed). The killed worker is restarted at once. After
+the last kill the workers run until the group has committed every record, get a SIGTERM, and the outcome is
+checked:
 
 - verdict rows = valid events (every event that is not dead-lettered), each event id once (count, count
   distinct, and a GROUP BY), each with the verdict its colour calls for;
@@ -245,6 +246,7 @@ class Member:
         self.spawned_at = 0.0
         self._read = 0
         self.assigned = False
+        self.started = False
         self.last_event = ""
 
     def spawn(self) -> None:
@@ -258,6 +260,7 @@ class Member:
         self.spawned_at = time.monotonic()
         self._read = 0
         self.assigned = False
+        self.started = False
         self.last_event = ""
 
     def follow(self) -> None:
@@ -279,6 +282,8 @@ class Member:
             self.last_event = event
             if event == "partitions assigned":
                 self.assigned = True
+            elif event == "worker started":
+                self.started = True
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -449,6 +454,8 @@ def run_chaos(config: Config, log: Any = say) -> Outcome:  # noqa: C901 - one st
                 victim = rng.choice(members)
                 phase = rng.choices(PHASES, PHASE_WEIGHTS)[0]
                 limit = time.monotonic() + PHASE_WAIT_LIMIT_S
+                if phase != "mid-stream":
+                    produce(number)  # the next slice: work is pending whatever moment the kill lands on
                 if phase == "startup":
                     victim = max(members, key=lambda m: m.spawned_at)  # the youngest member
                     until = victim.spawned_at + rng.uniform(0.2, 3.0)
@@ -466,6 +473,9 @@ def run_chaos(config: Config, log: Any = say) -> Outcome:  # noqa: C901 - one st
                     while not victim.assigned and time.monotonic() < limit:  # it must hold partitions
                         watch_members()
                         time.sleep(0.02)
+                    # Only now the next slice: with two members, the survivor would otherwise have drained
+                    # it while the victim was still starting.
+                    produce(number)
                     target = rows() + rng.randint(1, 3 * config.batch)
                     while rows() < target and time.monotonic() < limit:
                         watch_members()
@@ -482,7 +492,6 @@ def run_chaos(config: Config, log: Any = say) -> Outcome:  # noqa: C901 - one st
                     log(f"kill {number}/{config.kills}: member {victim.slot} {phase} {after_s:.2f}s after spawn "
                         f"(last logged: {victim.last_event or '-'}); rows {kill.rows_at_kill}, "
                         f"committed {kill.committed_at_kill}")
-                produce(number)
                 victim.spawn()
             log(f"all {config.kills} kills done; letting the group finish")
             deadline = time.monotonic() + config.drain_timeout_s
@@ -491,7 +500,9 @@ def run_chaos(config: Config, log: Any = say) -> Outcome:  # noqa: C901 - one st
             while time.monotonic() < deadline:
                 watch_members()
                 done_committed, done_rows = committed.total(), rows()
-                if done_committed >= len(plan) and done_rows >= len(valid):
+                # A member SIGTERMed before it has installed its signal handlers (while importing and
+                # loading the model) dies of the signal; that is not the shutdown under test.
+                if done_committed >= len(plan) and done_rows >= len(valid) and all(m.started for m in members):
                     break
                 if time.monotonic() >= next_report:
                     log(f"draining: rows {done_rows}/{len(valid)}, committed {done_committed}/{len(plan)}")
@@ -644,6 +655,10 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     config, out = parse_args(argv)
+    # Stopped early (SIGTERM, or Ctrl-C even when started in the background, where SIGINT comes ignored):
+    # unwind, so the workers are killed, the broker stopped and the database dropped.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     from consumers.logs import configure_logging
 
     configure_logging("WARNING")
