@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from consumers.broker import EmbeddedBroker, free_port
-from consumers.clients import make_producer
+from consumers.clients import make_consumer, make_producer
 from consumers.delivery import STEP_PERSISTED, BatchResult
 from consumers.messages import header
 from consumers.service import build_moderator, start_ops_server
@@ -276,9 +276,13 @@ def test_broker_restart_mid_batch_the_worker_survives_and_delivers_what_it_holds
                 down.set()
 
         armed = threading.Event()
-        worker = new_worker(
-            env, build_moderator(env.settings), store, on_step=stop_broker_after_persisting,
-            producer_factory=lambda: make_producer(env.settings),
+        # Records a producer cannot deliver expire after 5 s instead of 2 min, so the held batch's flush fails
+        # soon (a stale producer does not always get a definite error from the new broker) and CI stays short.
+        short = {"request_timeout_ms": 3000, "delivery_timeout_ms": 5000}
+        worker = Worker(
+            consumer=make_consumer(env.settings), producer=make_producer(env.settings, **short),
+            moderator=build_moderator(env.settings), store=store, settings=env.settings,
+            on_step=stop_broker_after_persisting, producer_factory=lambda: make_producer(env.settings, **short),
         )
         first_producer = worker.producer
         with running(worker) as errors:
