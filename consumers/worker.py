@@ -110,6 +110,7 @@ class Worker:
         self.assigned_partitions = 0
         self._committed_offsets: dict[TopicPartition, int] = {}
         self._lag_updated_at = 0.0
+        self.lag_every_s = 1.0  # how often the consumer-lag gauge is refreshed (a cheap, local computation)
 
     # -- the loop (consumer thread) -------------------------------------------------------------------
 
@@ -220,9 +221,9 @@ class Worker:
         result.offsets = batch.next_offsets()
         return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in result.offsets.items()}
 
-    def _update_lag(self, every_s: float = 1.0) -> None:
+    def _update_lag(self) -> None:
         """Per partition: the highwater the last fetch reported minus what this member has committed."""
-        if time.monotonic() - self._lag_updated_at < every_s:
+        if time.monotonic() - self._lag_updated_at < self.lag_every_s:
             return
         self._lag_updated_at = time.monotonic()
         for tp in self.consumer.assignment():

@@ -66,6 +66,7 @@ def test_a_full_pipeline_pauses_partitions_and_loses_nothing(
             time.sleep(0.1)  # a slow database: the pipeline must fill up and push back
 
     worker = new_worker(env, moderator, store, on_step=slow_delivery)
+    worker.lag_every_s = 0.05  # refresh the gauge often: on a fast run a 1 s refresh may never see the backlog
     try:
         run_worker_until(worker, all_committed(env.settings, produced))
     finally:
