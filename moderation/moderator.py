@@ -220,14 +220,18 @@ class Moderator:
     def _embed(self, scorer: Any, items: dict[int, LoadedImage]) -> dict[int, _Embedded | LoadFailure]:
         """One embedding per image: reused when its bytes were embedded before (here or in the cache),
         else from one forward pass over the rest; a batch that fails is retried image by image."""
+        reuse = self.cache is not None
         known = self.cache.get_many(item.sha256 for item in items.values()) if self.cache is not None else {}
+
+        def key(i: int) -> str:
+            # Without a cache reuse is off: every image runs, repeats within the batch included.
+            return items[i].sha256 if reuse else f"#{i}"
+
         first_of: dict[str, int] = {}
         to_run: list[int] = []
-        for i, item in items.items():
-            # Without a cache reuse is off: every image runs, repeats within the batch included.
-            key = item.sha256 if self.cache is not None else str(i)
-            if key not in known and key not in first_of:
-                first_of[key] = i
+        for i in items:
+            if key(i) not in known and key(i) not in first_of:
+                first_of[key(i)] = i
                 to_run.append(i)
         computed: dict[int, np.ndarray | LoadFailure] = {}
         if to_run:
@@ -241,13 +245,13 @@ class Moderator:
                     except Exception as exc:  # noqa: BLE001 - one bad image must not fail its batch
                         computed[i] = LoadFailure(REASON_SCORE_FAILED, f"{type(exc).__name__}: {exc}")
         if self.cache is not None:
-            self.cache.put_many({items[i].sha256: e for i, e in computed.items() if isinstance(e, np.ndarray)})
+            self.cache.put_many({key(i): e for i, e in computed.items() if isinstance(e, np.ndarray)})
         result: dict[int, _Embedded | LoadFailure] = {}
-        for i, item in items.items():
-            if item.sha256 in known:
-                result[i] = _Embedded(known[item.sha256], reused=True)
+        for i in items:
+            if key(i) in known:
+                result[i] = _Embedded(known[key(i)], reused=True)
                 continue
-            first_index = first_of[item.sha256 if self.cache is not None else str(i)]
+            first_index = first_of[key(i)]
             first = computed[first_index]
             # A repeat inside the batch reuses the first occurrence's forward pass.
             result[i] = first if isinstance(first, LoadFailure) else _Embedded(first, reused=first_index != i)
