@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", default="640x480", help="size of the generated JPEGs")
     parser.add_argument("--images", type=int, default=64, help="distinct images, cycled over")
     parser.add_argument("--batch", type=int, default=32, help="worker batch size")
+    parser.add_argument("--reuse", action="store_true", help="duplicate reuse on (repeats skip the model)")
     parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/soak-<time>.json)")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0:
@@ -113,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     result["model"] = model if args.model else f"offline test model {model}"
     samples: list[dict[str, Any]] = []
     with EmbeddedBroker() as broker:
+        # Reuse is off by default: the stream cycles over --images files, and with reuse on only the first
+        # of each would reach the model. --reuse soaks the bounded embedding cache instead.
         settings = bench_settings(bootstrap=broker.bootstrap_servers, data_dir=workdir, model=model,
-                                  batch=args.batch, policy=policy)
+                                  batch=args.batch, policy=policy, reuse=args.reuse)
         upgrade(settings.database_url)
         database = Path(settings.database_url.removeprefix("sqlite:///"))
         result["rss_before_model_mb"] = current_rss_mb()

@@ -401,3 +401,22 @@ def test_image_paths_in_test_use_pil(tmp_path: Path) -> None:
     for path in (POLICIES / "examples" / "test-model").glob("*.png"):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size == (64, 64)
+
+
+def test_the_reuse_cache_is_bounded_and_a_failing_lookup_is_a_miss() -> None:
+    calls: list[list[str]] = []
+
+    def lookup(model_id: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        calls.append(list(hashes))
+        if "boom" in hashes:
+            raise ConnectionError("database away")
+        return {h: np.ones(4, dtype=np.float16) for h in hashes if h.startswith("stored")}
+
+    cache = EmbeddingCache("m", capacity=3, lookup=lookup)
+    cache.put_many({f"h{i}": np.zeros(4, dtype=np.float16) for i in range(10)})
+    assert sorted(cache.get_many(["h7", "h8", "h9"])) == ["h7", "h8", "h9"]
+    assert calls == []  # all three were in memory: no lookup
+    assert sorted(cache.get_many(["h0", "stored-1"])) == ["stored-1"]  # h0 was evicted, stored-1 found
+    assert calls == [["h0", "stored-1"]]
+    assert cache.get_many(["boom"]) == {} and cache.lookup_failures == 1
+    assert len(cache._recent) == 3  # never more than its capacity
