@@ -180,3 +180,45 @@ def test_sources_shadows_and_duplicate_reuse_end_to_end(
     assert sorted(b["top_category"] for b in bodies) == ["red"] * 4 + ["yellow"] * 4  # active verdicts only
     assert {b["policy_version"] for b in bodies} == {"default-1", "kids-1"}
     store.engine.dispose()
+
+
+def test_independent_scoring_and_the_uncertain_band_end_to_end(
+    pipeline_env: Any, postgres_url: str, scorer: Any, tmp_path: Path
+) -> None:
+    """Red scores a cosine of ~0.99 to its prompt; a band of 0.985-1.005 makes every red image uncertain."""
+    env: PipelineEnv = pipeline_env(postgres_url, max_size=8, max_wait_ms=100)
+    policy_path = tmp_path / "independent.yaml"
+    policy_path.write_text(
+        'version: "independent-1"\nscoring: independent\ncategories:\n'
+        '  red: {prompts: ["a red picture"], threshold: 0.995, uncertain_margin: 0.01, action: block}\n'
+        '  yellow: {prompts: ["a yellow picture"], threshold: 0.5, action: block}\n'
+    )
+    upgrade(postgres_url)
+    store = VerdictStore(create_engine_for(postgres_url))
+    events = [
+        file_event(path, source="uploads", content_id=path.stem)
+        for path in images(tmp_path / "images", ["red", "yellow", "blue", "green"] * 2)
+    ]
+    produced = env.produce(events)
+    moderator = Moderator(scorer, PolicyFiles(PolicySettings(path=policy_path)), env.settings.images)
+    running = Running(new_worker(env, moderator, store))
+    try:
+        wait_for(lambda: committed_total(env.settings) >= produced)
+    finally:
+        running.stop()
+        moderator.close()
+    verdicts = {v.content_id: v for v in (store.get(e["event_id"]) for e in events) if v is not None}
+    assert len(verdicts) == 8
+    outcomes = {"red": (True, True, "review"), "yellow": (True, False, "block")}  # (flagged, uncertain, action)
+    for content_id, verdict in verdicts.items():
+        colour = content_id.rsplit("-", 1)[-1]
+        expected = outcomes.get(colour, (False, False, "allow"))
+        assert (verdict.flagged, verdict.uncertain, verdict.action) == expected, content_id
+        if colour == "red":
+            assert 0.985 <= verdict.scores["red"] < 1.005  # a cosine, not a probability
+    bodies = [json.loads(m.value) for m in env.read(env.settings.kafka.review_topic)]
+    assert sorted((b["top_category"], b["action"], b["uncertain"]) for b in bodies) == [
+        ("red", "review", True)
+    ] * 2 + [("yellow", "block", False)] * 2
+    assert metric(running.worker, "moderation_uncertain_total", category="red") == 2
+    store.engine.dispose()
