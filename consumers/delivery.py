@@ -3,6 +3,9 @@
 These are steps 1-3 of the delivery guarantee; step 4, the offset commit, belongs to the consumer's own
 thread (`Worker`), because a kafka-python consumer must only be used from one thread. Each step starts
 only when the one before succeeded, so a crash anywhere leaves the batch uncommitted and redelivered.
+
+In transactional mode, steps 2-4 of a batch with messages to publish are one Kafka transaction (the
+producer sends the offsets with the consumer's group metadata); step 1 stays outside it, idempotent.
 """
 
 from __future__ import annotations
