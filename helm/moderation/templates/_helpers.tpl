@@ -96,6 +96,10 @@ chart manages. Integer settings go through int64: Helm reads numbers from values
   value: {{ .Values.kafka.reviewOutcomesTopic | quote }}
 - name: MODERATION_KAFKA__CONSUMER_GROUP
   value: {{ .Values.kafka.consumerGroup | quote }}
+- name: MODERATION_KAFKA__DELIVERY_MODE
+  value: {{ .Values.kafka.deliveryMode | quote }}
+- name: MODERATION_KAFKA__TRANSACTIONAL_ID_PREFIX
+  value: {{ .Values.kafka.transactionalIdPrefix | quote }}
 - name: MODERATION_KAFKA__CLIENT_ID
   value: {{ .Values.kafka.clientId | quote }}
 - name: MODERATION_KAFKA__SESSION_TIMEOUT_MS
