@@ -31,7 +31,7 @@ from kafka.structs import OffsetAndMetadata
 from consumers.messages import OutgoingMessage, dead_letter_message, review_message
 from moderation.exceptions import EventError
 from moderation.settings import KafkaSettings
-from moderation.storage import VerdictStore
+from moderation.storage import StorageError, VerdictStore
 from moderation.verdict import Verdict, VerdictStatus
 
 log = structlog.get_logger("moderation.delivery")
@@ -42,8 +42,9 @@ STEP_FLUSHED = "flushed"
 STEP_COMMITTED = "committed"
 
 SEND_TIMEOUT_S = 60.0
-COUNTERS = ("records", "verdicts", "flagged", "errors", "dead_lettered", "conflicts")
+COUNTERS = ("records", "verdicts", "flagged", "errors", "dead_lettered", "conflicts", "unstorable")
 REASON_EVENT_ID_CONFLICT = "event_id_conflict"
+REASON_UNSTORABLE = "unstorable"  # the database rejects the verdict's data itself: retrying cannot help
 # Errors that mean this member's generation is over: retrying the transaction cannot succeed.
 _GROUP_MOVED_ON = (
     CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError, FencedInstanceIdError
@@ -58,6 +59,7 @@ class BatchResult:
     errors: int = 0
     dead_lettered: int = 0
     conflicts: int = 0  # events whose event_id was already stored for other content: dead-lettered
+    unstorable: int = 0  # events whose verdict the database rejects (a data error): dead-lettered
     offsets_committed: bool = False  # transactional mode: the transaction carried the offsets
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     stored: list[Verdict] = field(default_factory=list)  # the verdicts as stored, one per event id
@@ -116,17 +118,18 @@ class Delivery:
         # back is what is stored: for a redelivered event, the row written the first time. Repeats of
         # one event id inside the batch come back as the same stored verdict: act on it once.
         started = time.perf_counter()
-        saved = self.store.save_batch(verdicts)
-        stored = list({v.event_id: v for v in saved}.values())
+        saved, unstorable = self._save(verdicts, records)
+        stored = list({v.event_id: v for v in saved if v is not None}.values())
         result.persist_s = time.perf_counter() - started
         # An event_id already stored for another image: this event's image was never checked, and the
         # stored verdict is not about it. Dead-letter it (never silently dropped) and act on the stored one.
         conflicts = [
             dead_letter_for(records[i], EventError(REASON_EVENT_ID_CONFLICT, conflict), self.dead_letter_topic)
             for i, (attempt, kept) in enumerate(zip(verdicts, saved, strict=True))
-            if (conflict := _conflict(attempt, kept)) and records is not None and i in records
+            if kept is not None and (conflict := _conflict(attempt, kept)) and records is not None and i in records
         ]
-        dead_letters = [*dead_letters, *conflicts]
+        dead_letters = [*dead_letters, *conflicts, *unstorable]
+        result.unstorable = len(unstorable)
         result.stored = stored
         result.verdicts = len(stored)
         result.flagged = sum(v.flagged for v in stored)
@@ -160,6 +163,33 @@ class Delivery:
         self.on_step(STEP_FLUSHED, result)
         # Step 4, committing result.offsets, happens on the consumer's thread (Worker._commit_finished),
         # unless the transaction above carried them.
+
+    def _save(
+        self, verdicts: Sequence[Verdict], records: Mapping[int, ConsumerRecord] | None
+    ) -> tuple[list[Verdict | None], list[OutgoingMessage]]:
+        """Save the batch; if the database rejects its data (not a connection problem), find the verdicts
+        it rejects by saving them one at a time and dead-letter their events (`unstorable`), so one bad
+        row cannot hold its partition for ever. Returns, per input verdict, what is stored (None for the
+        rejected) and the dead letters. Connection errors propagate: the batch is retried whole."""
+        try:
+            return list(self.store.save_batch(verdicts)), []
+        except StorageError as exc:
+            if not exc.permanent or records is None:
+                raise
+            log.error("the database rejects part of a batch; saving it verdict by verdict", error=str(exc))
+        saved: list[Verdict | None] = []
+        unstorable: list[OutgoingMessage] = []
+        for i, verdict in enumerate(verdicts):
+            try:
+                saved.extend(self.store.save_batch([verdict]))
+            except StorageError as exc:
+                if not exc.permanent or i not in records:
+                    raise
+                saved.append(None)
+                unstorable.append(
+                    dead_letter_for(records[i], EventError(REASON_UNSTORABLE, str(exc)), self.dead_letter_topic)
+                )
+        return saved, unstorable
 
     def _in_transaction(
         self, outgoing: Sequence[OutgoingMessage], offsets: Mapping[TopicPartition, int], group: Any

@@ -87,6 +87,8 @@ class WorkerMetrics:
         self.stage_seconds.labels("commit").observe(commit_s)
         if result.conflicts:
             self.dead_letters.labels("event_id_conflict").inc(result.conflicts)
+        if result.unstorable:
+            self.dead_letters.labels("unstorable").inc(result.unstorable)
         for verdict in result.stored:
             self.verdicts.labels(verdict.status.value, verdict.top_category or "", verdict.action or "").inc()
             if verdict.flagged:

@@ -32,8 +32,9 @@ URL_SCHEMES = ("file", "http", "https")
 
 # The limits are the verdicts table's columns: an event the database cannot store must be refused here
 # (dead-lettered), not retried against the database for ever.
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-SourceName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# No NUL: PostgreSQL text cannot hold it, and an event it cannot store must not reach it.
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00]+$")]
+SourceName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00]+$")]
 
 # Reasons a raw event can be refused; they travel in the dead-letter message's headers.
 REASON_EMPTY = "empty"
@@ -54,7 +55,7 @@ class ImageEvent(BaseModel):
     source: SourceName
     uploaded_at: AwareDatetime
     image_base64: str | None = None
-    image_url: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    image_url: Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^\x00]*$")] | None = None
 
     @model_validator(mode="after")
     def _exactly_one_image(self) -> ImageEvent:

@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from moderation.exceptions import PolicyError
 
 CategoryName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
-Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+# Prompts and versions are stored with verdicts: no NUL, which PostgreSQL text cannot hold.
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300, pattern=r"^[^\x00]+$")]
 
 
 class Action(str, Enum):
@@ -90,7 +91,9 @@ class Example(BaseModel):
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    version: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^\x00]+$")
+    ]
     description: str = ""
     scoring: ScoringMode = "softmax"
     categories: dict[CategoryName, Category] = Field(min_length=1)

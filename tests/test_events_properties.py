@@ -70,7 +70,20 @@ def max_length(field: str) -> int:
 
 
 def identifiers(field: str) -> st.SearchStrategy[str]:
-    return st.text(min_size=1, max_size=max_length(field))  # any Unicode but lone surrogates (not UTF-8)
+    # Any Unicode but lone surrogates (not UTF-8) and NUL (refused: PostgreSQL text cannot hold it).
+    return st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=max_length(field))
+
+
+@given(st.sampled_from(["event_id", "content_id", "source"]), st.text(max_size=20), st.text(max_size=20))
+def test_a_nul_in_an_identifier_is_an_invalid_event(field: str, before: str, after: str) -> None:
+    event = {
+        "schema_version": 1, "event_id": "e", "content_id": "c", "source": "s",
+        "uploaded_at": "2026-11-27T10:00:00+00:00", "image_base64": "",
+        field: f"{before}\x00{after}",
+    }
+    with pytest.raises(EventError) as info:
+        parse_event(json.dumps(event).encode())
+    assert info.value.reason == REASON_INVALID_EVENT and field in info.value.detail
 
 
 offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))

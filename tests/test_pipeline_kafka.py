@@ -206,3 +206,33 @@ def test_an_event_id_reused_for_other_content_is_dead_lettered(
     assert json.loads(dead[0].value) == same_id_other_image  # the original bytes, untouched
     review = env.read(env.settings.kafka.review_topic)
     assert [json.loads(r.value)["content_id"] for r in review] == ["photo-1"]
+
+
+def test_a_verdict_the_database_rejects_is_dead_lettered_not_retried_for_ever(
+    pipeline_env: Any, postgres_url: str, scorer: Any, tmp_path: Path
+) -> None:
+    """A data error is permanent: the batch is saved row by row and the rejected event dead-lettered."""
+    from sqlalchemy import text
+
+    env: PipelineEnv = pipeline_env(postgres_url, max_size=8, max_wait_ms=300)
+    upgrade(postgres_url)
+    engine = create_engine_for(postgres_url)
+    with engine.begin() as conn:  # a rule this database enforces and the pipeline knows nothing of
+        conn.execute(text("ALTER TABLE verdicts ADD CONSTRAINT no_poison CHECK (content_id <> 'poison')"))
+    engine.dispose()
+    events = []
+    for i, colour in enumerate(["red", "blue", "yellow", "green", "red"]):
+        path = tmp_path / f"{i}-{colour}.png"
+        make_colour_image(colour, (96, 72), seed=i).save(path, "PNG")
+        events.append(file_event(path, source="t", content_id="poison" if i == 2 else path.stem))
+    produced = env.produce(events)
+    store = drain(env, postgres_url, scorer, produced)
+    assert store.count() == 4
+    assert store.get(events[2]["event_id"]) is None
+    dead = env.read(env.settings.kafka.dead_letter_topic)
+    assert [header(d.headers, "dlq.reason") for d in dead] == ["unstorable"]
+    assert "no_poison" in (header(dead[0].headers, "dlq.detail") or "")
+    assert json.loads(dead[0].value)["content_id"] == "poison"
+    review = {header(r.headers, "event_id") for r in env.read(env.settings.kafka.review_topic)}
+    assert review == {events[0]["event_id"], events[4]["event_id"]}  # the rest of the batch went on
+    assert committed_total(env.settings) == produced

@@ -336,3 +336,28 @@ def test_unsupported_urls_are_configuration_errors(url: str) -> None:
 def test_identifiers_at_the_event_contract_limits_are_stored(store: VerdictStore) -> None:
     longest = make_verdict("e" * 255, content_id="c" * 255, source="s" * 128)
     assert store.save_batch([longest]) == [longest]
+
+
+def test_a_nul_in_an_error_detail_is_stored_escaped(store: VerdictStore) -> None:
+    """Decoder messages can quote file bytes; PostgreSQL text cannot hold NUL, so it is escaped."""
+    verdict = make_verdict(
+        "nul", status=VerdictStatus.ERROR, flagged=False, error_reason="decode_failed", error_detail="bad \x00 byte"
+    )
+    [stored] = store.save_batch([verdict])
+    assert stored.error_detail == "bad \\x00 byte"
+
+
+def test_a_rejected_row_is_a_permanent_storage_error(store: VerdictStore) -> None:
+    with pytest.raises(StorageError) as info:
+        store.save_batch([make_verdict("no-model", model_id=None)])  # type: ignore[arg-type] - NOT NULL
+    assert info.value.permanent is True
+
+
+def test_an_unreachable_database_is_not_a_permanent_storage_error(tmp_path: Path) -> None:
+    engine = create_engine_for("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+    try:
+        with pytest.raises(StorageError) as info:
+            VerdictStore(engine).save_batch([make_verdict("e")])
+        assert info.value.permanent is False
+    finally:
+        engine.dispose()

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, Select, create_engine, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from moderation.exceptions import ConfigurationError, ModerationError
 from moderation.storage.models import embeddings_table, shadow_verdicts_table, verdicts_table
@@ -37,7 +37,16 @@ _T = TypeVar("_T")
 
 
 class StorageError(ModerationError):
-    """The database refused or could not run a statement; the driver's exception is the __cause__."""
+    """The database refused or could not run a statement; the driver's exception is the __cause__.
+
+    `permanent`: the database rejected the data itself (a data or integrity error), so the same
+    statement will fail again however often it is retried; otherwise (connection lost, timeout, lock)
+    a retry may succeed.
+    """
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def normalise_url(url: str) -> URL:
@@ -144,7 +153,8 @@ def _to_row(verdict: Verdict) -> dict[str, Any]:
         "image_sha256": verdict.image_sha256,
         "uploaded_at": verdict.uploaded_at,
         "error_reason": verdict.error_reason,
-        "error_detail": verdict.error_detail,
+        # Decoder messages can quote bytes of the file; PostgreSQL text cannot hold NUL.
+        "error_detail": verdict.error_detail.replace("\x00", "\\x00") if verdict.error_detail else None,
         "load_ms": verdict.load_ms,
         "score_ms": verdict.score_ms,
         "uncertain": verdict.uncertain,
@@ -262,7 +272,8 @@ class VerdictStore:
                     for row in result.mappings():
                         stored[row["event_id"]] = _to_verdict(row)
         except SQLAlchemyError as exc:
-            raise StorageError(f"could not save {len(verdicts)} verdicts: {_describe(exc)}") from exc
+            permanent = isinstance(exc, DataError | IntegrityError)
+            raise StorageError(f"could not save {len(verdicts)} verdicts: {_describe(exc)}", permanent) from exc
         missing = [event_id for event_id in event_ids if event_id not in stored]
         if missing:  # cannot happen unless something deletes rows under us; never return a partial answer
             raise StorageError(f"verdicts missing right after saving them: {missing[:5]}")
