@@ -4,12 +4,14 @@ It is its own consumer group (`<consumer_group>-outcomes`), so it never competes
 image events and can run as one small process beside them. Per polled batch it follows the workers'
 delivery order: 1. store the valid outcomes in one DB transaction, 2. publish the invalid ones to the
 dead-letter topic, 3. flush the producer, 4. commit the offsets. A database or broker failure is retried
-with backoff and nothing is committed meanwhile; a crash redelivers the batch, which the upsert absorbs.
+with backoff and nothing is committed meanwhile, while the consumer keeps polling with its partitions
+paused so it stays in the group; a crash redelivers the batch, which the upsert absorbs.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,6 +71,7 @@ class OutcomeConsumer:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.totals = OutcomeTotals()
+        self.polls_while_waiting = 0  # polls made during retry back-offs, to stay in the group
 
     def run(self, stop: threading.Event) -> OutcomeTotals:
         """Poll, deliver and commit batch by batch until `stop` is set; a batch in flight is finished first,
@@ -108,7 +111,7 @@ class OutcomeConsumer:
             except (StorageError, KafkaError) as exc:
                 self.totals.retries += 1
                 log.error("outcome delivery failed, retrying", records=len(records), error=str(exc), retry_in_s=delay_s)
-                if stop.wait(delay_s):
+                if self._wait_in_group(delay_s, stop):
                     log.warning("stopping with an undelivered batch; it will be redelivered", records=len(records))
                     return False
                 delay_s = min(delay_s * 2, self.max_backoff_s)
@@ -118,6 +121,22 @@ class OutcomeConsumer:
             self.totals.dead_lettered += len(dead_letters)
             log.info("outcomes stored", records=len(records), stored=stored, dead_lettered=len(dead_letters))
             return True
+
+    def _wait_in_group(self, seconds: float, stop: threading.Event) -> bool:
+        """Back off for `seconds` while staying in the group: poll with every partition paused, so an
+        outage longer than max_poll_interval_ms does not cost this member its partitions. True if `stop`
+        was set meanwhile."""
+        deadline = time.monotonic() + seconds
+        try:
+            while (remaining := deadline - time.monotonic()) > 0 and not stop.is_set():
+                self.consumer.pause(*self.consumer.assignment())  # including any assigned meanwhile
+                self.polls_while_waiting += 1
+                polled = self.consumer.poll(timeout_ms=int(min(remaining, POLL_TIMEOUT_MS / 1000) * 1000))
+                for tp, records in polled.items():  # fetched before the pause took effect: read them again
+                    self.consumer.seek(tp, records[0].offset)
+        finally:
+            self.consumer.resume(*self.consumer.paused())
+        return stop.is_set()
 
     def _dead_letter(self, record: ConsumerRecord, error: EventError) -> OutgoingMessage:
         log.warning(

@@ -472,6 +472,7 @@ def test_a_database_outage_is_retried_without_committing(
     try:
         assert wait_for(lambda: loop.totals.retries >= 2), "the failing save was not retried"
         assert outcomes_committed(settings) == 0
+        assert loop.polls_while_waiting > 0  # it kept polling (partitions paused) to stay in the group
         upgrade(sqlite_url)  # the database comes back
         assert wait_for(lambda: outcomes_committed(settings) == 1), "not committed after the database came back"
     finally:
