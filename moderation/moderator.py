@@ -104,6 +104,9 @@ class Moderator:
         else:
             self.policies = policy if isinstance(policy, PolicyBook) else PolicyBook(policy)
         self.limits = limits
+        keep_policies = getattr(scorer, "keep_policies", None)
+        if keep_policies is not None:
+            keep_policies(len(self.policies.every_policy()))
         self.cache = cache  # None: every image goes through the image tower
         self.keep_embeddings = keep_embeddings  # attach embeddings to verdicts, for storage
         self._loader_threads = loader_threads
@@ -116,9 +119,13 @@ class Moderator:
 
     def use_policies(self, book: PolicyBook) -> None:
         """Switch to `book` from the next batch on, with its text embeddings computed first."""
+        policies = book.every_policy()
+        keep_policies = getattr(self.scorer, "keep_policies", None)
+        if keep_policies is not None:
+            keep_policies(len(policies))
         policy_text = getattr(self.scorer, "policy_text", None)
         if policy_text is not None:
-            for policy in book.every_policy():
+            for policy in policies:
                 policy_text(policy)
         self.policies = book  # one assignment: a batch being scored keeps the book it started with
 

@@ -40,7 +40,7 @@ __all__ = ["ClipScorer", "ImageScore", "PixelBatch", "PolicyText", "pooled_embed
 
 log = logging.getLogger(__name__)
 
-_POLICY_CACHE_SIZE = 8  # policies in use at once: the current one plus a few during a rollout
+_POLICY_CACHE_SIZE = 8  # at least: the policies in use plus a few during a rollout (see keep_policies)
 _TEXT_CHUNK = 256  # prompts per text-tower forward, to bound memory on policies with many prompts
 
 CpuMode = Literal["fp32", "int8"]
@@ -105,6 +105,7 @@ class ClipScorer:
             limits.append(tokenizer_limit)
         self.max_text_length = min(limits)
         self._policies: OrderedDict[str, PolicyText] = OrderedDict()
+        self._policy_cache_size = _POLICY_CACHE_SIZE
         self._lock = threading.Lock()
 
     @classmethod
@@ -190,9 +191,15 @@ class ClipScorer:
             # Another thread may have computed it meanwhile; keep one, so callers see a stable object.
             text = self._policies.setdefault(policy.sha256, text)
             self._policies.move_to_end(policy.sha256)
-            while len(self._policies) > _POLICY_CACHE_SIZE:
+            while len(self._policies) > self._policy_cache_size:
                 self._policies.popitem(last=False)
         return text
+
+    def keep_policies(self, count: int) -> None:
+        """Keep the text embeddings of at least `count` policies (plus room for a rollout), so a book with
+        many per-source and shadow policies never recomputes them batch after batch."""
+        with self._lock:
+            self._policy_cache_size = max(_POLICY_CACHE_SIZE, 2 * count)
 
     def policy_embeddings(self, policy: LoadedPolicy) -> torch.Tensor:
         """Per category, the normalised mean of its normalised prompt embeddings: [n_categories, dim]."""

@@ -420,3 +420,25 @@ def test_the_reuse_cache_is_bounded_and_a_failing_lookup_is_a_miss() -> None:
     assert calls == [["h0", "stored-1"]]
     assert cache.get_many(["boom"]) == {} and cache.lookup_failures == 1
     assert len(cache._recent) == 3  # never more than its capacity
+
+
+def test_many_policies_keep_their_text_embeddings(test_model_dir: Path) -> None:
+    """Twelve per-source policies and a shadow: the text side is computed once each, not per batch."""
+    scorer = ClipScorer.load(str(test_model_dir), device="cpu")
+    computed: list[int] = []
+    embed_prompts = scorer._embed_prompts
+
+    def counting(prompts: list[str]):  # type: ignore[no-untyped-def]
+        computed.append(len(prompts))
+        return embed_prompts(prompts)
+
+    scorer._embed_prompts = counting  # type: ignore[method-assign]
+    sources = {f"tenant-{i}": parse_policy(colour_policy(f"tenant-{i}", red=0.5 + i / 100)) for i in range(12)}
+    book = PolicyBook(parse_policy(colour_policy("default")), sources, (parse_policy(colour_policy("shadow", 0.3)),))
+    moderator = Moderator(scorer, book, ImageSettings(), loader_threads=2)
+    moderator.use_policies(book)
+    assert len(computed) == 14
+    for _ in range(2):
+        moderator.moderate([event(f"{source}-{len(computed)}", png("red"), source) for source in sources])
+    assert len(computed) == 14  # nothing recomputed: the scorer keeps every policy of the book
+    moderator.close()
