@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from consumers.delivery import BatchResult
+from moderation.policy_book import PolicyBook
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
@@ -57,6 +58,12 @@ class WorkerMetrics:
         )
         self.model = Info("moderation_model", "The model in use.", registry=r)
         self.policy = Info("moderation_policy", "The default policy in force.", registry=r)
+        self.policies = Gauge(
+            "moderation_policies",
+            "Every policy in force or in shadow (value 1): role default | source | shadow, and for a source its name.",
+            ["role", "source", "version", "sha256"],
+            registry=r,
+        )
         self.policy_reloads = Counter(
             "moderation_policy_reloads",
             "Edited policy files: applied, or refused because they did not validate (the last good one stays).",
@@ -94,3 +101,13 @@ class WorkerMetrics:
             if verdict.flagged:
                 self.flagged.labels(verdict.top_category or "").inc()
             self.end_to_end_seconds.observe(max(0.0, (now - verdict.uploaded_at).total_seconds()))
+
+    def policies_in_force(self, book: PolicyBook) -> None:
+        """Export the book: the default policy's info, and one `moderation_policies` series per policy."""
+        self.policy.info({"version": book.default.version, "sha256": book.default.sha256})
+        self.policies.clear()
+        entries = [("default", "", book.default)]
+        entries += [("source", source, policy) for source, policy in sorted(book.by_source.items())]
+        entries += [("shadow", "", policy) for policy in book.shadows]
+        for role, source, policy in entries:
+            self.policies.labels(role, source, policy.version, policy.sha256).set(1)

@@ -98,7 +98,7 @@ def describe(metrics: WorkerMetrics, moderator: Moderator) -> None:
         "device": str(getattr(scorer, "device", "")),
         "precision": str(getattr(scorer, "precision", "")),
     })
-    metrics.policy.info({"version": moderator.policy.version, "sha256": moderator.policy.sha256})
+    metrics.policies_in_force(moderator.policies)
 
 
 def start_ops_server(settings: Settings, worker: Worker, store: VerdictStore) -> OpsServer:

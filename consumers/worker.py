@@ -339,8 +339,7 @@ class Worker:
                 policy=error.path, problems=[f"{field}: {problem}" for field, problem in error.problems],
             )
         if report.applied:
-            default = self.moderator.policy
-            self.metrics.policy.info({"version": default.version, "sha256": default.sha256})
+            self.metrics.policies_in_force(self.moderator.policies)
 
     def _score(self, batch: Batch) -> None:
         self._reload_policies()

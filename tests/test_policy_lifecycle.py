@@ -442,3 +442,20 @@ def test_many_policies_keep_their_text_embeddings(test_model_dir: Path) -> None:
         moderator.moderate([event(f"{source}-{len(computed)}", png("red"), source) for source in sources])
     assert len(computed) == 14  # nothing recomputed: the scorer keeps every policy of the book
     moderator.close()
+
+
+def test_every_policy_of_the_book_is_exported(tmp_path: Path) -> None:
+    from consumers.metrics import WorkerMetrics
+
+    book = PolicyBook(
+        parse_policy(colour_policy("default-1")),
+        {"kids-app": parse_policy(colour_policy("kids-1", 0.2))},
+        (parse_policy(colour_policy("candidate-1", 0.3)),),
+    )
+    metrics = WorkerMetrics()
+    metrics.policies_in_force(book)
+    series = {
+        (s.labels["role"], s.labels["source"], s.labels["version"])
+        for m in metrics.policies.collect() for s in m.samples if s.value == 1
+    }
+    assert series == {("default", "", "default-1"), ("source", "kids-app", "kids-1"), ("shadow", "", "candidate-1")}
