@@ -54,13 +54,15 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.signals import install_stop_signals
+
+    stop = threading.Event()
+    install_stop_signals(stop)  # first: a SIGTERM while torch and the model load is a clean stop
     import structlog
 
-    from consumers.service import install_stop_signals, run_worker
+    from consumers.service import run_worker
 
     structlog.get_logger("moderation").info("starting", version=__version__, settings=settings.masked())
-    stop = threading.Event()
-    install_stop_signals(stop)
     run_worker(settings, stop)
     return EXIT_OK
 

@@ -22,17 +22,18 @@ EXIT_OK = 0
 
 
 def cmd_outcomes_run(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.signals import install_stop_signals
+
+    stop = threading.Event()
+    install_stop_signals(stop)  # before the heavy imports: a SIGTERM during start-up is a clean stop
     import structlog
 
     from consumers.outcomes import group_id, run_outcomes
-    from consumers.service import install_stop_signals
 
     structlog.get_logger("moderation").info(
         "starting outcomes consumer", topic=settings.kafka.review_outcomes_topic, group=group_id(settings),
         settings=settings.masked(),
     )
-    stop = threading.Event()
-    install_stop_signals(stop)
     run_outcomes(settings, stop)
     return EXIT_OK
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
-from types import FrameType
 
 import structlog
 
 from consumers.clients import make_consumer, make_worker_producer
 from consumers.metrics import WorkerMetrics
 from consumers.ops import CachedCheck, OpsServer
+from consumers.signals import install_stop_signals  # noqa: F401 - re-exported for callers
 from consumers.worker import BatchResult, Worker
 from moderation.exceptions import ConfigurationError
 from moderation.moderator import Moderator
@@ -133,17 +132,3 @@ def start_ops_server(settings: Settings, worker: Worker, store: VerdictStore) ->
     server = OpsServer(ops.host, ops.port, worker.metrics.registry, {"loop": polling}, readiness).start()
     log.info("ops server listening", host=ops.host, port=server.port, paths="/metrics /healthz /readyz")
     return server
-
-
-def install_stop_signals(stop: threading.Event) -> None:
-    """First SIGTERM/SIGINT: finish the batch in flight, commit, leave. A second one: exit at once."""
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            log.warning("second signal, exiting without finishing the batch", signal=signal.Signals(signum).name)
-            os._exit(128 + signum)
-        log.info("stopping after the batch in flight", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)

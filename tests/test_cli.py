@@ -190,6 +190,28 @@ def test_run_processes_events_and_exits_0_on_sigterm(
 
 
 @pytest.mark.kafka
+def test_a_sigterm_during_start_up_is_a_clean_stop(
+    pipeline_env: Any, sqlite_url: str, test_model_dir: Path, tmp_path: Path
+) -> None:
+    """The stop handler is installed before torch and the model load: an early SIGTERM exits 0."""
+    env: PipelineEnv = pipeline_env(sqlite_url)
+    variables = worker_variables(env, sqlite_url, test_model_dir)
+    assert moderation("migrate", env=variables).returncode == 0
+    log = tmp_path / "worker.log"
+    process = start_worker(variables, log)
+    try:
+        time.sleep(1.5)  # well inside the imports and the model load
+        assert process.poll() is None, log.read_text()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, log.read_text()
+    assert "stopping after the batch in flight" in log.read_text()
+
+
+@pytest.mark.kafka
 def test_sigkilled_worker_is_replaced_without_duplicate_rows(
     pipeline_env: Any, sqlite_url: str, test_model_dir: Path, tmp_path: Path
 ) -> None:
