@@ -29,12 +29,6 @@ class PolicyText:
     prompt_category: torch.Tensor  # [n_prompts], long: the category (policy order) of each prompt
     logit_scale: float  # CLIP's learned temperature, exp(logit_scale)
 
-    def to(self, device: torch.device | str) -> PolicyText:
-        return PolicyText(
-            self.category_embeddings.to(device), self.prompt_embeddings.to(device), self.prompts,
-            self.prompt_category.to(device), self.logit_scale,
-        )
-
 
 @dataclass(frozen=True)
 class EmbeddingScores:

@@ -26,17 +26,14 @@ _LOOKUP_CHUNK = 500
 class EmbeddingChunk:
     """Stored verdicts with their embeddings, column-wise (row i of each belongs together)."""
 
-    event_ids: list[str]
     content_ids: list[str]
-    sources: list[str]
     flagged: np.ndarray  # bool [n]
     top_categories: list[str | None]
     actions: list[str | None]
-    policy_versions: list[str]
     embeddings: np.ndarray  # float16 [n, dim]
 
     def __len__(self) -> int:
-        return len(self.event_ids)
+        return len(self.content_ids)
 
 
 class EmbeddingStore:
@@ -110,10 +107,7 @@ class EmbeddingStore:
         if sources:
             conditions.append(v.c.source.in_(list(sources)))
         query = (
-            select(
-                v.c.event_id, v.c.content_id, v.c.source, v.c.flagged, v.c.top_category, v.c.action,
-                v.c.policy_version, e.c.vector,
-            )
+            select(v.c.content_id, v.c.flagged, v.c.top_category, v.c.action, e.c.vector)
             .select_from(v.join(e, _same_image(v, e)))
             .where(*conditions)
         )
@@ -131,17 +125,13 @@ def _same_image(v: Table, e: Table) -> ColumnElement[bool]:
 
 
 def _chunk(rows: Sequence[Sequence[object]]) -> EmbeddingChunk:
-    columns = list(zip(*rows, strict=True))
-    vectors: Sequence[bytes] = columns[7]  # type: ignore[assignment]
-    dim = len(vectors[0]) // np.dtype(EMBEDDING_DTYPE).itemsize
+    content_ids, flagged, top_categories, actions, vectors = (list(column) for column in zip(*rows, strict=True))
+    packed = b"".join(bytes(vector) for vector in vectors)  # type: ignore[call-overload]
+    matrix = np.frombuffer(packed, dtype=EMBEDDING_DTYPE).reshape(len(vectors), -1)
     return EmbeddingChunk(
-        event_ids=list(columns[0]),  # type: ignore[arg-type]
-        content_ids=list(columns[1]),  # type: ignore[arg-type]
-        sources=list(columns[2]),  # type: ignore[arg-type]
-        flagged=np.array(columns[3], dtype=bool),
-        top_categories=list(columns[4]),  # type: ignore[arg-type]
-        actions=list(columns[5]),  # type: ignore[arg-type]
-        policy_versions=list(columns[6]),  # type: ignore[arg-type]
-        embeddings=np.frombuffer(b"".join(bytes(x) for x in vectors), dtype=EMBEDDING_DTYPE).reshape(-1, dim),
+        content_ids=content_ids,  # type: ignore[arg-type]
+        flagged=np.array(flagged, dtype=bool),
+        top_categories=top_categories,  # type: ignore[arg-type]
+        actions=actions,  # type: ignore[arg-type]
+        embeddings=matrix,
     )
-
