@@ -183,6 +183,12 @@ chart manages. Integer settings go through int64: Helm reads numbers from values
   value: {{ .Values.images.allowHttp | quote }}
 - name: MODERATION_IMAGES__ALLOW_FILE
   value: {{ .Values.images.allowFile | quote }}
+- name: MODERATION_IMAGES__DECODE_TIMEOUT_S
+  value: {{ .Values.images.decodeTimeoutS | quote }}
+- name: MODERATION_IMAGES__ALLOW_PRIVATE_NETWORKS
+  value: {{ .Values.images.allowPrivateNetworks | quote }}
+- name: MODERATION_IMAGES__MAX_REDIRECTS
+  value: {{ .Values.images.maxRedirects | int64 | quote }}
 - name: MODERATION_OPS__ENABLED
   value: "true"
 - name: MODERATION_OPS__PORT
