@@ -71,7 +71,7 @@ def max_length(field: str) -> int:
 
 def identifiers(field: str) -> st.SearchStrategy[str]:
     # Any Unicode but lone surrogates (not UTF-8) and NUL (refused: PostgreSQL text cannot hold it).
-    return st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=max_length(field))
+    return st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=max_length(field))
 
 
 @given(st.sampled_from(["event_id", "content_id", "source"]), st.text(max_size=20), st.text(max_size=20))
