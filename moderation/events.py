@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import json
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -94,6 +94,17 @@ class ImageEvent(BaseModel):
 
 def parse_event(raw: bytes | None, max_bytes: int = 32 * 1024 * 1024) -> ImageEvent:
     """Parse one raw message value into an `ImageEvent`, or raise `EventError` saying why not."""
+    return parse_message(raw, ImageEvent, max_bytes, SCHEMA_VERSION, REASON_INVALID_EVENT, "event")
+
+
+_Message = TypeVar("_Message", bound=BaseModel)
+
+
+def parse_message(
+    raw: bytes | None, model: type[_Message], max_bytes: int, schema_version: int, invalid_reason: str, noun: str
+) -> _Message:
+    """A JSON object message validated into `model`, or `EventError` with the reason: the one decoder of
+    every contract this project consumes (image events, review outcomes)."""
     if not raw:
         raise EventError(REASON_EMPTY, "the message has no value")
     if len(raw) > max_bytes:
@@ -108,12 +119,12 @@ def parse_event(raw: bytes | None, max_bytes: int = 32 * 1024 * 1024) -> ImageEv
     if not isinstance(data, dict):
         raise EventError(REASON_INVALID_JSON, f"expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
-    if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
-        raise EventError(REASON_UNSUPPORTED_VERSION, f"schema_version {version}; this consumer reads {SCHEMA_VERSION}")
+    if isinstance(version, int) and not isinstance(version, bool) and version != schema_version:
+        raise EventError(REASON_UNSUPPORTED_VERSION, f"schema_version {version}; this consumer reads {schema_version}")
     try:
-        return ImageEvent.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or noun}: {err['msg']}" for err in exc.errors()
         )
-        raise EventError(REASON_INVALID_EVENT, problems) from exc
+        raise EventError(invalid_reason, problems) from exc

@@ -8,8 +8,7 @@ dead-letters it instead of guessing what the reviewer meant.
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -17,13 +16,17 @@ from pydantic import (
     ConfigDict,
     StrictInt,
     StringConstraints,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from moderation.events import REASON_EMPTY, REASON_INVALID_JSON, REASON_TOO_LARGE, REASON_UNSUPPORTED_VERSION
-from moderation.exceptions import EventError
+from moderation.events import (
+    REASON_EMPTY,
+    REASON_INVALID_JSON,
+    REASON_TOO_LARGE,
+    REASON_UNSUPPORTED_VERSION,
+    parse_message,
+)
 from moderation.policy import CategoryName
 
 SCHEMA_VERSION = 1
@@ -81,23 +84,4 @@ class ReviewOutcome(BaseModel):
 
 def parse_outcome(raw: bytes | None, max_bytes: int = MAX_BYTES) -> ReviewOutcome:
     """Parse one raw message value into a `ReviewOutcome`, or raise `EventError` saying why not."""
-    if not raw:
-        raise EventError(REASON_EMPTY, "the message has no value")
-    if len(raw) > max_bytes:
-        raise EventError(REASON_TOO_LARGE, f"{len(raw)} bytes is over the limit of {max_bytes}")
-    try:
-        data: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError(REASON_INVALID_JSON, str(exc)) from exc
-    if not isinstance(data, dict):
-        raise EventError(REASON_INVALID_JSON, f"expected a JSON object, got {type(data).__name__}")
-    version = data.get("schema_version")
-    if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
-        raise EventError(REASON_UNSUPPORTED_VERSION, f"schema_version {version}; this consumer reads {SCHEMA_VERSION}")
-    try:
-        return ReviewOutcome.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'outcome'}: {err['msg']}" for err in exc.errors()
-        )
-        raise EventError(REASON_INVALID_OUTCOME, problems) from exc
+    return parse_message(raw, ReviewOutcome, max_bytes, SCHEMA_VERSION, REASON_INVALID_OUTCOME, "outcome")

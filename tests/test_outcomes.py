@@ -561,3 +561,10 @@ def test_outcome_commands_refuse_an_unmigrated_database(sqlite_url: str) -> None
         result = moderation(*command, database_url=sqlite_url)
         assert result.returncode == 1, result.stderr
         assert "run `moderation migrate` first" in result.stderr
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"event_id": ' + b"9" * 5_000 + b"}"])
+def test_json_that_would_crash_the_decoder_is_invalid_json(raw: bytes) -> None:
+    """Deep nesting raises RecursionError and a 5,000-digit integer ValueError inside json.loads: both are
+    the message's fault, so they must be a dead letter, never a crash of the outcomes consumer."""
+    assert refused(raw, max_bytes=1_000_000).reason == REASON_INVALID_JSON
