@@ -42,10 +42,10 @@ from moderation.moderator import LoadFailure, Moderator
 from moderation.policy import LoadedPolicy
 from moderation.scorer import ClipScorer
 from moderation.settings import ImageSettings
-from moderation.storage import VerdictStore, create_engine_for, upgrade
 from moderation.testmodel import make_colour_image
 from moderation.verdict import Verdict, VerdictStatus
-from tests.fixtures_kafka import PipelineEnv, all_committed, committed_total, new_worker, run_worker_until
+from tests.fixtures_kafka import PipelineEnv, committed_total
+from tests.test_pipeline_kafka import drain
 
 LIMITS = ImageSettings()
 RGB = {"red": (210, 35, 35), "green": (40, 165, 50), "blue": (40, 70, 205), "yellow": (232, 212, 40)}
@@ -516,7 +516,6 @@ def test_the_worker_keeps_going_through_a_hostile_stream(
     pipeline_env: Callable[..., PipelineEnv],
     sqlite_url: str,
     scorer: ClipScorer,
-    test_policy: LoadedPolicy,
     hostile: dict[str, tuple[ImageEvent, str]],
 ) -> None:
     """Hostile images and hostile events mixed with good ones: every record committed, nothing stuck."""
@@ -530,16 +529,7 @@ def test_the_worker_keeps_going_through_a_hostile_stream(
     produced = env.produce(records)
     assert produced == len(images) + len(poison)
 
-    upgrade(sqlite_url)
-    store = VerdictStore(create_engine_for(sqlite_url))
-    moderator = Moderator(scorer, test_policy, env.settings.images, loader_threads=2)
-    worker = new_worker(env, moderator, store)
-    try:
-        run_worker_until(worker, all_committed(env.settings, produced))
-    finally:
-        worker.consumer.close(autocommit=False)
-        worker.producer.close(timeout=5)
-        moderator.close()
+    store = drain(env, sqlite_url, scorer, produced)  # one worker, policies/test-model.yaml, until all committed
 
     assert committed_total(env.settings) == produced  # every record, the poison ones included
     verdicts = {v.event_id: v for v in store.recent(limit=1000)}
