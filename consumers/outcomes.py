@@ -23,11 +23,11 @@ from kafka.structs import OffsetAndMetadata
 
 from consumers.clients import make_consumer, make_producer
 from consumers.messages import OutgoingMessage, dead_letter_message
-from moderation.exceptions import ConfigurationError, EventError
+from moderation.exceptions import EventError
 from moderation.outcomes import ReviewOutcome, parse_outcome
 from moderation.settings import Settings
 from moderation.storage import StorageError, create_engine_for
-from moderation.storage.migrate import current_revision, head_revision
+from moderation.storage.migrate import require_head
 from moderation.storage.outcomes import OutcomeStore
 
 log = structlog.get_logger("moderation.outcomes")
@@ -171,13 +171,8 @@ class OutcomeConsumer:
 
 def open_outcome_store(settings: Settings) -> OutcomeStore:
     """Connect and check the schema is migrated (review_outcomes arrived in revision 0002)."""
-    url = settings.database_url
-    current, head = current_revision(url), head_revision()
-    if current != head:
-        raise ConfigurationError(
-            f"database schema is at revision {current or 'none'}, expected {head}: run `moderation migrate` first"
-        )
-    return OutcomeStore(create_engine_for(url))
+    require_head(settings.database_url)
+    return OutcomeStore(create_engine_for(settings.database_url))
 
 
 def run_outcomes(settings: Settings, stop: threading.Event) -> OutcomeTotals:

@@ -13,14 +13,13 @@ from consumers.metrics import WorkerMetrics
 from consumers.ops import CachedCheck, OpsServer
 from consumers.signals import install_stop_signals  # noqa: F401 - re-exported for callers
 from consumers.worker import BatchResult, Worker
-from moderation.exceptions import ConfigurationError
 from moderation.moderator import Moderator
 from moderation.policy_book import PolicyFiles
 from moderation.reuse import EmbeddingCache
 from moderation.scorer import ClipScorer
 from moderation.settings import Settings
 from moderation.storage import EmbeddingStore, VerdictStore, create_engine_for
-from moderation.storage.migrate import current_revision, head_revision
+from moderation.storage.migrate import require_head
 
 log = structlog.get_logger("moderation.service")
 
@@ -54,13 +53,8 @@ def build_moderator(settings: Settings, model: str | None = None, store: Verdict
 
 def open_store(settings: Settings) -> VerdictStore:
     """Connect and check the schema is migrated: the worker never creates tables on its own."""
-    url = settings.database_url
-    current, head = current_revision(url), head_revision()
-    if current != head:
-        raise ConfigurationError(
-            f"database schema is at revision {current or 'none'}, expected {head}: run `moderation migrate` first"
-        )
-    store = VerdictStore(create_engine_for(url))
+    require_head(settings.database_url)
+    store = VerdictStore(create_engine_for(settings.database_url))
     store.ping()
     return store
 

@@ -80,3 +80,12 @@ def current_revision(url: str) -> str | None:
 def head_revision() -> str | None:
     """The newest revision the shipped scripts know, to compare with `current_revision`."""
     return ScriptDirectory.from_config(_scripts_config()).get_current_head()
+
+
+def require_head(url: str) -> None:
+    """Raise ConfigurationError unless the schema is at the head revision: services never create tables."""
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        raise ConfigurationError(
+            f"database schema is at revision {current or 'none'}, expected {head}: run `moderation migrate` first"
+        )
