@@ -3,10 +3,18 @@
 Models load only from a local directory or the local Hugging Face cache (hub ids are resolved on the
 filesystem, then loaded with `local_files_only=True`): a moderation worker must never stall on, or
 depend on, a download at startup. Split from moderation/scorer.py, which does the scoring.
+
+A checkpoint's *identity* (`checkpoint_id`) is a hash of the files that decide its image embeddings,
+not the name it was loaded by: stored embeddings are keyed by it, so a symlink, a copy, another mount
+path or the hub id of the same files all find the same rows, and a changed checkpoint at the same
+path does not.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +89,11 @@ def _not_found(name: str, problem: str) -> ModelNotFoundError:
     )
 
 
+def resolve_checkpoint(name_or_path: str) -> Path:
+    """The local directory a path or hub id loads from; `ModelNotFoundError` when there is none."""
+    return Path(_resolve_local(name_or_path))
+
+
 def _resolve_local(name_or_path: str) -> str:
     """The checkpoint directory for a path, or for a hub id the snapshot in the local HF cache.
 
@@ -122,6 +135,67 @@ def load_parts(name_or_path: str) -> tuple[CLIPModel, Any, Any]:
     except (OSError, ValueError) as exc:  # e.g. weights or tokenizer files missing from the checkpoint
         raise _not_found(name_or_path, f"incomplete checkpoint in {source!r}: {exc}") from exc
     return model, tokenizer, processor
+
+
+MODEL_ID_PREFIX = "sha256:"
+_HASH_BLOCK = 8 * 1024 * 1024
+# (realpath, size, mtime_ns) -> sha256 of the file: a process that loads the same checkpoint again
+# (tests, the CLI's commands) reads its weights once.
+_file_digests: dict[tuple[str, int, int], str] = {}
+_digests_lock = threading.Lock()
+
+
+def identity_files(directory: Path) -> list[Path]:
+    """The files that decide a checkpoint's image embeddings: config.json, the weights transformers
+    loads (safetensors when present, else pytorch_model*.bin; shards included) and the image processor
+    config. Tokenizer files are left out: they change text embeddings, never stored image embeddings."""
+    directory = Path(directory)
+    weights = sorted(directory.glob("model*.safetensors")) or sorted(directory.glob("pytorch_model*.bin"))
+    files = [directory / "config.json", *weights]
+    if (directory / "preprocessor_config.json").is_file():
+        files.append(directory / "preprocessor_config.json")
+    return files
+
+
+def checkpoint_id(directory: str | Path) -> str:
+    """The stable identity of the checkpoint in `directory`: `sha256:` and a hash over its identity files.
+
+    The same files give the same id wherever they are and by whatever name they are reached (symlinks,
+    hub cache snapshots, copies). Each file is hashed once per process and (path, size, mtime): about
+    a second per GB of weights at load, nothing on later loads.
+    """
+    combined = hashlib.sha256()
+    for path in identity_files(Path(directory)):
+        try:
+            digest = _file_digest(path)
+        except OSError as exc:
+            raise ModelNotFoundError(f"cannot read checkpoint file {str(path)!r}: {exc.strerror or exc}") from exc
+        combined.update(f"{path.name}\0{digest}\n".encode())
+    return MODEL_ID_PREFIX + combined.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    key = (real, stat.st_size, stat.st_mtime_ns)
+    with _digests_lock:
+        known = _file_digests.get(key)
+    if known is not None:
+        return known
+    digest = hashlib.sha256()
+    with open(real, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    with _digests_lock:
+        _file_digests[key] = digest.hexdigest()
+    return _file_digests[key]
+
+
+def legacy_model_ids(name_or_path: str, directory: Path, model_id: str) -> tuple[str, ...]:
+    """The ids this checkpoint's rows were stored under before ids were content hashes: the name as
+    typed, the directory it resolved to, and that directory with symlinks resolved."""
+    names = (name_or_path, str(directory), os.path.realpath(directory))
+    return tuple(name for name in dict.fromkeys(names) if name != model_id)
 
 
 def quantise_image_tower(model: CLIPModel) -> None:

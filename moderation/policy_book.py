@@ -4,7 +4,9 @@ Policy editors change YAML files while workers run. `PolicyFiles` watches the fi
 with a cheap periodic check (a `stat` per file, at most every `reload_interval_s`), re-reads a file only
 when its size or modification time changed, and builds a new `PolicyBook` when a file's *meaning* (its
 hash) changed. A file that no longer validates is refused with file, field and problem, and the last
-good version of that file stays in force; a worker never starts on a broken file, though. The caller
+good version of that file stays in force; a worker never starts on a broken file, though. So is an
+edit that changes what a policy means but keeps its `version`: verdicts name their policy by version,
+and two meanings under one version would make every report by version ambiguous. The caller
 swaps books between batches, so one batch is always decided under one book.
 """
 
@@ -46,9 +48,10 @@ class PolicyBook:
 class ReloadReport:
     applied: tuple[LoadedPolicy, ...] = ()  # new versions now in force (or in shadow)
     refused: tuple[PolicyError, ...] = ()  # edits that did not validate: the previous version stays
+    restored: tuple[str, ...] = ()  # files edited back to the version in force after a refused edit
 
     def __bool__(self) -> bool:
-        return bool(self.applied or self.refused)
+        return bool(self.applied or self.refused or self.restored)
 
 
 _Signature = tuple[int, int, int]  # (inode, size, mtime_ns): changes when a file is edited or replaced
@@ -84,6 +87,7 @@ class PolicyFiles:
         self._checked_at = self._clock()
         applied: list[LoadedPolicy] = []
         refused: list[PolicyError] = []
+        restored: list[str] = []
         for path, previous in self._loaded.items():
             signature = _signature(path)
             if signature == self._seen[path]:
@@ -95,12 +99,17 @@ class PolicyFiles:
             except PolicyError as exc:
                 refused.append(exc)
                 continue
+            if loaded.sha256 != previous.sha256 and loaded.version == previous.version:
+                refused.append(unbumped_version(loaded))
+                continue
             if loaded.sha256 != previous.sha256:
                 self._loaded[path] = loaded
                 applied.append(loaded)
+            else:  # valid and what is in force (a refused edit undone): nothing to swap, nothing refused
+                restored.append(path)
         if applied:
             self.book = self._build()
-        return ReloadReport(tuple(applied), tuple(refused))
+        return ReloadReport(tuple(applied), tuple(refused), tuple(restored))
 
     def _build(self) -> PolicyBook:
         return PolicyBook(
@@ -108,6 +117,15 @@ class PolicyFiles:
             by_source={source: self._loaded[path] for source, path in self._source_paths.items()},
             shadows=tuple(self._loaded[path] for path in self._shadow_paths),
         )
+
+
+def unbumped_version(edited: LoadedPolicy) -> PolicyError:
+    """The refusal of an edit whose content changed while its `version` did not."""
+    return PolicyError(edited.path, [(
+        "version",
+        f"content changed but version is still {edited.version!r}: give the edit a new version "
+        f"(the last good policy stays in force)",
+    )])
 
 
 def _signature(path: str) -> _Signature | None:

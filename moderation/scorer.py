@@ -24,7 +24,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from moderation.checkpoints import load_parts, quantise_image_tower, quiet_progress_bars, resolve_device
+from moderation.checkpoints import (
+    checkpoint_id,
+    legacy_model_ids,
+    load_parts,
+    quantise_image_tower,
+    quiet_progress_bars,
+    resolve_checkpoint,
+    resolve_device,
+)
 from moderation.exceptions import ConfigurationError
 from moderation.gpu_decode import decode_jpegs, gpu_decode_available
 from moderation.policy import LoadedPolicy
@@ -72,10 +80,17 @@ class ClipScorer:
         cpu_mode: CpuMode = "fp32",
         compile: bool = False,
         gpu_decode: bool = False,
+        model_name: str | None = None,
+        legacy_model_ids: Sequence[str] = (),
     ) -> None:
         if cpu_mode not in ("fp32", "int8"):
             raise ConfigurationError(f"unknown cpu_mode {cpu_mode!r}: use 'fp32' or 'int8'")
+        # model_id keys stored verdicts and embeddings (`load` makes it a hash of the checkpoint's files);
+        # model_name is what it was loaded by, for people; legacy_model_ids are the names its rows were
+        # stored under before ids were content hashes (backtests and tuning read those too).
         self.model_id = model_id
+        self.model_name = model_name or model_id
+        self.legacy_model_ids = tuple(legacy_model_ids)
         self.device = device
         # fp16 halves memory and doubles throughput on GPUs; CPUs (no fast fp16/bf16 here) stay in fp32.
         self.dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -127,15 +142,26 @@ class ClipScorer:
         `compile`: `torch.compile` the image tower. `gpu_decode`: nvjpeg JPEG decode, when on CUDA and
         torchvision imports (`self.gpu_decode` says whether it is on).
 
+        The scorer's `model_id` is `checkpoint_id` of the files (the same for a symlink, a copy or the
+        hub id of the same checkpoint); `model_name` is `name_or_path` as given.
+
         Raises `ModelNotFoundError` when the checkpoint is not on disk, `ConfigurationError` for a bad
         device or cpu_mode, or an image processor `PreprocessSpec` cannot reproduce.
         """
         torch_device = resolve_device(device)
         model, tokenizer, processor = load_parts(name_or_path)
+        directory = resolve_checkpoint(name_or_path)
+        model_id = checkpoint_id(directory)
         return cls(
-            model, tokenizer, processor, name_or_path, torch_device,
+            model, tokenizer, processor, model_id, torch_device,
             cpu_mode=cpu_mode, compile=compile, gpu_decode=gpu_decode,
+            model_name=name_or_path, legacy_model_ids=legacy_model_ids(name_or_path, directory, model_id),
         )
+
+    @property
+    def stored_model_ids(self) -> tuple[str, ...]:
+        """Every id this checkpoint's stored rows may carry: `model_id` first, then the legacy names."""
+        return (self.model_id, *self.legacy_model_ids)
 
     @classmethod
     def from_settings(cls, settings: ModelSettings, name_or_path: str | None = None) -> ClipScorer:

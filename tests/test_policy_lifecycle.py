@@ -165,6 +165,29 @@ def test_an_edited_policy_file_is_reloaded_and_a_broken_edit_refused(tmp_path: P
     assert not files.check(force=True).applied  # same meaning, same hash: nothing to swap
 
 
+def test_an_edit_that_keeps_its_version_is_refused_and_the_last_good_policy_stays(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(colour_policy("v1", red=0.5))
+    files = PolicyFiles(PolicySettings(path=path, reload_interval_s=5), clock=Clock())
+    before = files.book.default
+
+    path.write_text(colour_policy("v1", red=0.3))  # a new threshold, the same version
+    os.utime(path, ns=(1, 10**18))
+    report = files.check(force=True)
+    assert not report.applied
+    [refusal] = report.refused
+    assert isinstance(refusal, PolicyError) and refusal.path == str(path)
+    [(field, problem)] = refusal.problems
+    assert field == "version" and "content changed but version is still 'v1'" in problem
+    assert files.book.default is before and files.book.default.policy.categories["red"].threshold == 0.5
+    assert not files.check(force=True)  # reported once
+
+    path.write_text(colour_policy("v1.1", red=0.3))  # the same edit with a new version is applied
+    report = files.check(force=True)
+    assert [p.version for p in report.applied] == ["v1.1"] and not report.refused
+    assert files.book.default.policy.categories["red"].threshold == 0.3
+
+
 def test_a_worker_does_not_start_on_a_broken_policy(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text("version: x\ncategories: {}\n")

@@ -15,6 +15,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import _detect_agent
 from PIL import Image
 
+from moderation.checkpoints import checkpoint_id
 from moderation.decision import decide
 from moderation.exceptions import ConfigurationError, ModelNotFoundError
 from moderation.images import load_bytes
@@ -138,7 +139,8 @@ def test_prompts_are_padded_to_the_longest_not_to_77(scorer: ClipScorer, monkeyp
 
 
 def test_scorer_attributes(scorer: ClipScorer, test_model_dir: Path) -> None:
-    assert scorer.model_id == str(test_model_dir)
+    assert scorer.model_id == checkpoint_id(test_model_dir)
+    assert scorer.model_name == str(test_model_dir)
     assert scorer.device == torch.device("cpu") and scorer.dtype == torch.float32
     assert not scorer.model.training
     assert scorer.model.config._attn_implementation == "sdpa"
@@ -194,7 +196,8 @@ def test_hub_id_resolves_from_the_local_cache_without_network(
     for path in test_model_dir.iterdir():
         (snapshot / path.name).symlink_to(path)
     hub_scorer = ClipScorer.load("local/tiny-clip", device="cpu")
-    assert hub_scorer.model_id == "local/tiny-clip"
+    assert hub_scorer.model_id == checkpoint_id(test_model_dir)
+    assert hub_scorer.model_name == "local/tiny-clip"
     [score] = hub_scorer.score([make_colour_image("red")], test_policy)
     assert score.best_prompt == "a red picture"
     assert no_network == []
@@ -345,7 +348,7 @@ def test_cpu_mode_is_validated(test_model_dir: Path) -> None:
 def test_load_from_the_model_settings(test_model_dir: Path) -> None:
     settings = ModelSettings(name_or_path=str(test_model_dir), device="cpu", cpu_mode="int8", compile=False)
     loaded = ClipScorer.from_settings(settings)
-    assert (loaded.model_id, loaded.precision, loaded.compiled, loaded.gpu_decode) == (
+    assert (loaded.model_name, loaded.precision, loaded.compiled, loaded.gpu_decode) == (
         str(test_model_dir), "int8", False, False
     )
     assert ClipScorer.from_settings(settings, name_or_path=str(test_model_dir)).device == torch.device("cpu")

@@ -3,6 +3,8 @@
 Embeddings are written by `VerdictStore.save_batch`, in the same transaction as their verdicts. A scan
 joins them to verdicts on (model_id, image_sha256) and reads them in large chunks straight from the
 driver's cursor: a backtest over a million rows spends its time in the database, not in Python objects.
+Reads for backtests and tuning take several model ids (a checkpoint's content-hash id and the names its
+rows were stored under before), and `coverage` says what is stored when a read finds nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import ColumnElement, Engine, Table, and_, delete, func, select
+from sqlalchemy import ColumnElement, Engine, Table, and_, delete, func, outerjoin, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from moderation.storage.models import embeddings_table, verdicts_table
@@ -36,6 +38,23 @@ class EmbeddingChunk:
         return len(self.content_ids)
 
 
+@dataclass(frozen=True)
+class ModelCoverage:
+    """Under one model id: how many scored verdicts (status ok) match a filter, and how many of them
+    have a stored embedding (the rest were pruned, or stored with embeddings switched off)."""
+
+    model_id: str
+    verdicts: int
+    with_embeddings: int
+
+
+ModelIds = str | Sequence[str]  # one model id, or several (a checkpoint's id and its legacy names)
+
+
+def _ids(model_ids: ModelIds) -> list[str]:
+    return [model_ids] if isinstance(model_ids, str) else list(dict.fromkeys(model_ids))
+
+
 class EmbeddingStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -56,9 +75,12 @@ class EmbeddingStore:
             raise StorageError(f"could not read embeddings: {_describe(exc)}") from exc
         return found
 
-    def for_content_ids(self, model_id: str, content_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """The stored embedding of each content id's scored verdicts under `model_id` (for labelled sets)."""
+    def for_content_ids(self, model_id: ModelIds, content_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored embedding of each content id's scored verdicts under `model_id` (for labelled sets).
+
+        `model_id` may be several ids; the newest verdict of a content id wins."""
         v, e = verdicts_table, embeddings_table
+        ids = _ids(model_id)
         found: dict[str, np.ndarray] = {}
         try:
             with self._engine.connect() as conn:
@@ -66,7 +88,7 @@ class EmbeddingStore:
                     query = (
                         select(v.c.content_id, e.c.vector)
                         .select_from(v.join(e, _same_image(v, e)))
-                        .where(v.c.model_id == model_id, v.c.content_id.in_(content_ids[start : start + _LOOKUP_CHUNK]))
+                        .where(v.c.model_id.in_(ids), v.c.content_id.in_(content_ids[start : start + _LOOKUP_CHUNK]))
                         .order_by(v.c.id)  # the newest verdict of a content id comes last and wins
                     )
                     for content_id, vector in conn.execute(query):
@@ -94,18 +116,14 @@ class EmbeddingStore:
 
     def scan(
         self,
-        model_id: str,
+        model_id: ModelIds,
         since: datetime | None = None,
         sources: Sequence[str] = (),
         chunk_size: int = 100_000,
     ) -> Iterator[EmbeddingChunk]:
-        """Every scored verdict (status ok) of `model_id` that has a stored embedding, in chunks."""
+        """Every scored verdict (status ok) of `model_id` (one id or several) with a stored embedding, in chunks."""
         v, e = verdicts_table, embeddings_table
-        conditions = [v.c.model_id == model_id, v.c.status == "ok"]
-        if since is not None:
-            conditions.append(v.c.created_at >= since)
-        if sources:
-            conditions.append(v.c.source.in_(list(sources)))
+        conditions = [v.c.model_id.in_(_ids(model_id)), *_filters(since, sources)]
         query = (
             select(v.c.content_id, v.c.flagged, v.c.top_category, v.c.action, e.c.vector)
             .select_from(v.join(e, _same_image(v, e)))
@@ -118,6 +136,50 @@ class EmbeddingStore:
                     yield _chunk(rows)
         except SQLAlchemyError as exc:
             raise StorageError(f"could not read embeddings: {_describe(exc)}") from exc
+
+
+    def coverage(
+        self,
+        since: datetime | None = None,
+        sources: Sequence[str] = (),
+        content_ids: Sequence[str] | None = None,
+    ) -> list[ModelCoverage]:
+        """Per model id, the scored verdicts matching the filters and how many have an embedding, most first.
+
+        What a backtest or a tuning run that found nothing reports: whether there was no traffic, no
+        stored embeddings, or embeddings under another model's id."""
+        v, e = verdicts_table, embeddings_table
+        base = (
+            select(v.c.model_id, func.count(), func.count(e.c.image_sha256))
+            .select_from(outerjoin(v, e, _same_image(v, e)))
+            .group_by(v.c.model_id)
+        )
+        conditions = list(_filters(since, sources))
+        batches = [None] if content_ids is None else [
+            list(content_ids[start : start + _LOOKUP_CHUNK]) for start in range(0, len(content_ids), _LOOKUP_CHUNK)
+        ]
+        totals: dict[str, list[int]] = {}
+        try:
+            with self._engine.connect() as conn:
+                for batch in batches:
+                    where = conditions if batch is None else [*conditions, v.c.content_id.in_(batch)]
+                    for model, verdicts, embedded in conn.execute(base.where(*where)):
+                        counts = totals.setdefault(str(model), [0, 0])
+                        counts[0] += int(verdicts)
+                        counts[1] += int(embedded)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not count stored verdicts: {_describe(exc)}") from exc
+        found = [ModelCoverage(model, verdicts, embedded) for model, (verdicts, embedded) in totals.items()]
+        return sorted(found, key=lambda c: (-c.verdicts, c.model_id))
+
+
+def _filters(since: datetime | None, sources: Sequence[str]) -> Iterator[ColumnElement[bool]]:
+    v = verdicts_table
+    yield v.c.status == "ok"
+    if since is not None:
+        yield v.c.created_at >= since
+    if sources:
+        yield v.c.source.in_(list(sources))
 
 
 def _same_image(v: Table, e: Table) -> ColumnElement[bool]:
