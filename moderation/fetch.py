@@ -9,10 +9,13 @@ and caps the bytes and the total time of the whole exchange.
 
 from __future__ import annotations
 
+import errno
 import functools
 import http.client
+import os
 import socket
 import ssl
+import stat
 import threading
 import time
 from pathlib import Path
@@ -59,20 +62,116 @@ def fetch_bytes(event: ImageEvent, limits: ImageSettings) -> bytes:
 
 
 def _read_file(raw_path: str, limits: ImageSettings) -> bytes:
+    """The bytes of a regular file under `limits.file_root`, read within `limits.fetch_timeout_s`.
+
+    The event names the path, so the checks come before any filesystem access that could tell whether a
+    file outside the root exists (every refusal there is the same ``not_allowed``), and nothing but a
+    regular file is ever opened: a FIFO, a pipe under /proc or a device would block a loader thread or
+    have side effects on open.
+    """
+    if limits.file_root is None:
+        raise ImageLoadError(REASON_NOT_ALLOWED, "file:// images need images.file_root, which is not set")
     if not limits.allow_file:
         raise ImageLoadError(REASON_NOT_ALLOWED, "file:// images are disabled (images.allow_file)")
-    path = Path(unquote(raw_path))
-    if limits.file_root is not None:
-        root = limits.file_root.resolve()
-        if not path.resolve().is_relative_to(root):
-            raise ImageLoadError(REASON_NOT_ALLOWED, f"{path} is outside images.file_root {root}")
+    deadline = time.monotonic() + limits.fetch_timeout_s
+    path = unquote(raw_path)
+    fd = _open_under_root(path, limits.file_root)
+    handle = _file_reader(fd)
     try:
-        with path.open("rb") as handle:
-            return read_capped(handle, limits.max_bytes)
+        size = os.fstat(fd).st_size
+        if size > limits.max_bytes:
+            raise ImageLoadError(REASON_TOO_LARGE, f"{size} bytes is over the limit of {limits.max_bytes}")
+        return read_capped(handle, limits.max_bytes, deadline)
+    except OSError as exc:  # EIO from a failing disk or network filesystem
+        raise ImageLoadError(REASON_FETCH_FAILED, f"cannot read {path}: {exc.strerror or exc}") from exc
+    finally:
+        handle.close()
+
+
+def _file_reader(fd: int) -> BinaryIO:
+    """An unbuffered reader that owns `fd`: each read is one read(2), so the deadline is checked between them."""
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def _open_under_root(path: str, file_root: Path) -> int:
+    """A read-only descriptor of the regular file `path`, which must lie under `file_root`.
+
+    Symbolic links are followed while they stay inside the root (an alias of another image under it is
+    fine) and refused when they lead out. The path is resolved and checked first, then opened component
+    by component from a descriptor of the root, each with O_NOFOLLOW: a link swapped in between the check
+    and the open is refused rather than followed. The file itself is checked to be regular before it is
+    opened (O_NONBLOCK as well, so even a FIFO swapped in at the last moment cannot block) and again after.
+    """
+    if "\x00" in path or not os.path.isabs(path):
+        raise ImageLoadError(REASON_NOT_ALLOWED, f"{path!r} is not an absolute path")
+    root = os.path.abspath(file_root)
+    real_root = os.path.realpath(root)
+    lexical = os.path.normpath(path)
+    # The URL itself must name a path under the root (as configured or as resolved), not merely land
+    # there through a link elsewhere; this check touches no file, so existence outside cannot leak.
+    if not (_is_under(lexical, root) or _is_under(lexical, real_root)):
+        raise ImageLoadError(REASON_NOT_ALLOWED, f"{path} is outside images.file_root {root}")
+    resolved = os.path.realpath(lexical)
+    if not _is_under(resolved, real_root):
+        raise ImageLoadError(REASON_NOT_ALLOWED, f"{path} is outside images.file_root {root} (through a link)")
+    parts = [part for part in os.path.relpath(resolved, real_root).split(os.sep) if part not in ("", ".")]
+    if not parts:
+        raise ImageLoadError(REASON_FETCH_FAILED, f"cannot read {path}: it is the images.file_root directory")
+    try:
+        directory = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImageLoadError(REASON_FETCH_FAILED, f"images.file_root {root} cannot be opened: {exc.strerror}") from exc
+    try:
+        for part in parts[:-1]:
+            child = _open_directory(part, directory, path)
+            os.close(directory)
+            directory = child
+        return _open_regular(parts[-1], directory, path)
+    except ImageLoadError:
+        raise
     except FileNotFoundError as exc:
         raise ImageLoadError(REASON_NOT_FOUND, f"no such file: {path}") from exc
-    except (IsADirectoryError, PermissionError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link where the resolved path had none: a loop, or swapped in
+            raise ImageLoadError(REASON_NOT_ALLOWED, f"{path}: a symbolic link that does not resolve") from exc
         raise ImageLoadError(REASON_FETCH_FAILED, f"cannot read {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(directory)
+
+
+def _open_directory(name: str, directory: int, path: str) -> int:
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+    except OSError as exc:
+        # A link is refused with ELOOP or ENOTDIR depending on the flags' precedence: tell them apart.
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(name, directory):
+            raise ImageLoadError(REASON_NOT_ALLOWED, f"{path}: a symbolic link that does not resolve") from exc
+        raise
+
+
+def _open_regular(name: str, directory: int, path: str) -> int:
+    before = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    if stat.S_ISLNK(before.st_mode):
+        raise ImageLoadError(REASON_NOT_ALLOWED, f"{path}: a symbolic link that does not resolve")
+    if not stat.S_ISREG(before.st_mode):
+        raise ImageLoadError(REASON_FETCH_FAILED, f"cannot read {path}: not a regular file")
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+    after = os.fstat(fd)
+    if not stat.S_ISREG(after.st_mode) or (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+        os.close(fd)
+        raise ImageLoadError(REASON_FETCH_FAILED, f"cannot read {path}: not a regular file (replaced while opened)")
+    return fd
+
+
+def _is_link(name: str, directory: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def fetch_http(url: str, limits: ImageSettings) -> bytes:
@@ -241,7 +340,7 @@ def read_capped(handle: BinaryIO, max_bytes: int, deadline: float | None = None)
     total = 0
     while total <= max_bytes:
         if deadline is not None and time.monotonic() > deadline:
-            raise ImageLoadError(REASON_FETCH_FAILED, f"body not received within the fetch timeout ({total} bytes)")
+            raise ImageLoadError(REASON_FETCH_FAILED, f"not received within the fetch timeout ({total} bytes so far)")
         chunk = read(min(_READ_CHUNK, max_bytes + 1 - total))
         if not chunk:
             break

@@ -3,8 +3,8 @@
 Every failure raises `ImageLoadError` with a short reason code; the pipeline turns it into an
 ``error`` verdict for that one event while the rest of the batch goes on. Uploads are hostile input, so
 everything that can be judged from the header is judged before a pixel is decoded: the format
-(`images.allowed_formats`), the pixel count (`images.max_pixels`, Pillow's decompression-bomb warning
-promoted to an error) and JPEG scan counts; the decode itself runs under a time budget (`load_bytes`).
+(`images.allowed_formats`), the pixel count (`images.max_pixels`, under Pillow's own decompression-bomb
+limit, which is set once at import) and JPEG scan counts; the decode itself runs under a time budget (`load_bytes`).
 Fetching the bytes (and the SSRF guard) lives in `moderation.fetch`.
 
 Given the model's `PreprocessSpec`, loading also produces the model input (`LoadedImage.pixels`):
@@ -52,6 +52,13 @@ _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the picture by 90 degr
 # Encoders write about 10; an EXIF thumbnail adds its own.
 MAX_JPEG_SCANS = 100
 _DEFAULT_LIMITS = ImageSettings()
+# Pillow's decompression-bomb limit is module state shared by every thread in the process, so it is set
+# here, once, and never from a loader thread. Pillow warns above it (ignored while opening: the header
+# check against `max_pixels` decides) and refuses above twice it; the setting's ceiling stays under
+# that, so Pillow never refuses an image `max_pixels` allows. Only a Pillow whose default is lower than
+# the ceiling needs raising; a limit someone disabled (None) stays disabled.
+if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < ImageSettings.MAX_PIXELS_CEILING:
+    Image.MAX_IMAGE_PIXELS = ImageSettings.MAX_PIXELS_CEILING // 2 + 1
 # warnings.catch_warnings swaps the process-wide filter list; two loader threads doing it at once can
 # restore each other's lists out of order. Opening (header parsing: microseconds) is serialised instead.
 _OPEN_LOCK = threading.Lock()
@@ -201,10 +208,6 @@ def _decode(
     data: bytes, limits: ImageSettings, draft_to: PreprocessSpec | None, deadline: float
 ) -> tuple[Image.Image, tuple[int, int]]:
     """The RGB picture and the (width, height) it has at full resolution, EXIF orientation applied."""
-    # Pillow's own bomb check (in Image.open, ~89 Mpx by default) must not be stricter than the setting,
-    # or `max_pixels` could never be raised above it. It is only ever raised, never lowered.
-    if Image.MAX_IMAGE_PIXELS is not None and limits.max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = limits.max_pixels
     source = _BudgetedBytes(data, deadline)
     try:
         image = _open_checked(source, data, limits)
@@ -234,8 +237,9 @@ def _decode(
 def _open_checked(source: _BudgetedBytes, data: bytes, limits: ImageSettings) -> Image.Image:
     """Open (parse the header of) an image in an allowed format, within the pixel and scan limits."""
     with _OPEN_LOCK, warnings.catch_warnings():
-        # Pillow only warns below twice its own limit; a decompression bomb must be an error here.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Pillow's warning (over its own limit, which may be under `max_pixels`) is silenced: the check
+        # against `max_pixels` right after opening refuses a decompression bomb before any pixel is decoded.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             # Only the allowed formats' plugins parse the bytes; the others are asked only to name a
             # refused format.

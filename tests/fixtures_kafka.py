@@ -81,6 +81,7 @@ def pipeline_env(broker: EmbeddedBroker, tmp_path: Path, test_model_dir: Path) -
             model={"name_or_path": str(test_model_dir), "device": "cpu"},
             policy={"path": POLICY},
             batching={"max_size": batching.get("max_size", 8), "max_wait_ms": batching.get("max_wait_ms", 200)},
+            images={"file_root": tmp_path},  # file:// is opt-in to a root; tests write their images under tmp_path
         )
         return PipelineEnv(settings)
 

@@ -13,6 +13,7 @@ import json
 import struct
 import threading
 import time
+import types
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -231,13 +232,19 @@ GOOD = {"good-red": ("red", "review"), "good-yellow": ("yellow", "block"), "good
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[ImageEvent, str]]:
-    return hostile_corpus(tmp_path_factory.mktemp("hostile"))
+def hostile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the corpus' files lie: the `images.file_root` of every moderator that reads them."""
+    return tmp_path_factory.mktemp("hostile")
+
+
+@pytest.fixture(scope="module")
+def hostile(hostile_dir: Path) -> dict[str, tuple[ImageEvent, str]]:
+    return hostile_corpus(hostile_dir)
 
 
 @pytest.fixture(scope="module")
 def batch(
-    scorer: ClipScorer, test_policy: LoadedPolicy, hostile: dict[str, tuple[ImageEvent, str]]
+    scorer: ClipScorer, test_policy: LoadedPolicy, hostile: dict[str, tuple[ImageEvent, str]], hostile_dir: Path
 ) -> tuple[list[ImageEvent], list[Verdict], float]:
     """Good, hostile and odd images interleaved in one batch, moderated once."""
     odd = [event_for(name, make()) for name, (make, *_) in ODD_BUT_VALID.items()]
@@ -249,7 +256,7 @@ def batch(
     events = [e for group in zip(bad, odd + good, strict=False) for e in group]
     events += bad[len(odd + good) :] + (odd + good)[len(bad) :]
     assert len(events) == len(bad) + len(odd) + len(good)
-    moderator = Moderator(scorer, test_policy, LIMITS, loader_threads=2)
+    moderator = Moderator(scorer, test_policy, LIMITS.model_copy(update={"file_root": hostile_dir}), loader_threads=2)
     try:
         started = time.perf_counter()
         verdicts = moderator.moderate(events)
@@ -367,6 +374,75 @@ def test_pillows_bomb_warning_never_escapes_as_a_warning() -> None:
         warnings.simplefilter("always")
         assert refused(huge_png()).reason == REASON_TOO_MANY_PIXELS
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+class _WatchedModule(types.ModuleType):
+    """PIL.Image with its attribute writes recorded: Pillow's pixel limit is process-wide state."""
+
+    writes: list[tuple[str, object]] = []
+
+    def __setattr__(self, name: str, value: object) -> None:
+        _WatchedModule.writes.append((name, value))
+        super().__setattr__(name, value)
+
+
+@pytest.fixture
+def pillow_writes() -> Iterator[list[tuple[str, object]]]:
+    _WatchedModule.writes = []
+    original = Image.__class__
+    Image.__class__ = _WatchedModule
+    try:
+        yield _WatchedModule.writes
+    finally:
+        Image.__class__ = original
+
+
+def test_decoding_never_writes_pillows_pixel_limit(pillow_writes: list[tuple[str, object]]) -> None:
+    """Pillow's limit is module state shared by every thread: loads read it, never set it."""
+    before = Image.MAX_IMAGE_PIXELS
+    good = encode(photo("red", (64, 48)), "PNG")
+    assert isinstance(load_bytes(good, LIMITS), LoadedImage)
+    assert isinstance(load_bytes(good, ImageSettings(max_pixels=150_000_000)), LoadedImage)  # over Pillow's own
+    assert refused(huge_png()).reason == REASON_TOO_MANY_PIXELS
+    assert refused(huge_png(), ImageSettings(max_pixels=99_999_999)).reason == REASON_TOO_MANY_PIXELS
+    assert [name for name, _ in pillow_writes if name == "MAX_IMAGE_PIXELS"] == []
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_pillows_limit_never_refuses_what_the_setting_allows() -> None:
+    """Pillow errors above twice its limit; the setting's ceiling stays under that, so the setting decides."""
+    assert Image.MAX_IMAGE_PIXELS is not None
+    assert ImageSettings.MAX_PIXELS_CEILING <= 2 * Image.MAX_IMAGE_PIXELS
+    assert ImageSettings(max_pixels=ImageSettings.MAX_PIXELS_CEILING).max_pixels == ImageSettings.MAX_PIXELS_CEILING
+    with pytest.raises(ValueError, match="max_pixels"):
+        ImageSettings(max_pixels=ImageSettings.MAX_PIXELS_CEILING + 1)
+
+
+def test_a_large_limit_lets_a_large_header_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 Mpx is over Pillow's own warning limit: with max_pixels above it, decoding starts (stopped
+    here before any pixel), with Pillow's warning neither raised nor shown."""
+
+    class Started(Exception):
+        pass
+
+    def stop_at_decode(self: ImageFile.ImageFile) -> None:
+        raise Started
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", stop_at_decode)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(Started):
+            load_bytes(huge_png(), ImageSettings(max_pixels=150_000_000))
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_the_pixel_limit_still_refuses_a_bomb_at_every_setting() -> None:
+    over_pillows_error = raw_png(20_000, 10_000, 1, 0, iter([bytes(2500)]))  # 200 Mpx header, one row of data
+    for max_pixels in (1_000_000, LIMITS.max_pixels, ImageSettings.MAX_PIXELS_CEILING):
+        assert refused(over_pillows_error, ImageSettings(max_pixels=max_pixels)).reason == REASON_TOO_MANY_PIXELS
+        assert refused(huge_png(), ImageSettings(max_pixels=min(max_pixels, 99_999_999))).reason == (
+            REASON_TOO_MANY_PIXELS
+        )
 
 
 def test_thousands_of_gif_frames_cost_one_frame(scorer: ClipScorer) -> None:
@@ -517,9 +593,12 @@ def test_the_worker_keeps_going_through_a_hostile_stream(
     sqlite_url: str,
     scorer: ClipScorer,
     hostile: dict[str, tuple[ImageEvent, str]],
+    hostile_dir: Path,
 ) -> None:
     """Hostile images and hostile events mixed with good ones: every record committed, nothing stuck."""
     env = pipeline_env(sqlite_url, max_size=8)
+    images_settings = env.settings.images.model_copy(update={"file_root": hostile_dir})
+    env.settings = env.settings.model_copy(update={"images": images_settings})
     images = [event for event, _ in hostile.values()]
     images += [event_for(name, make()) for name, (make, *_) in ODD_BUT_VALID.items()]
     images += [event_for(name, encode(photo(colour), "PNG")) for name, (colour, _) in GOOD.items()]

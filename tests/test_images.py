@@ -296,7 +296,7 @@ def test_zero_bytes_inline_is_not_an_image() -> None:
 def test_zero_bytes_file_is_not_an_image(tmp_path: Path) -> None:
     path = tmp_path / "empty.jpg"
     path.write_bytes(b"")
-    assert refused(file_event(path)).reason == REASON_NOT_AN_IMAGE
+    assert refused(file_event(path), ImageSettings(file_root=tmp_path)).reason == REASON_NOT_AN_IMAGE
 
 
 def test_zero_bytes_decode_is_not_an_image() -> None:
@@ -311,7 +311,7 @@ def test_zero_bytes_decode_is_not_an_image() -> None:
 def test_text_posing_as_an_image_is_not_an_image(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "photo.png"
     path.write_bytes(data)
-    error = refused(file_event(path))
+    error = refused(file_event(path), ImageSettings(file_root=tmp_path))
     assert error.reason == REASON_NOT_AN_IMAGE
     assert refused(inline(data)).reason == REASON_NOT_AN_IMAGE
 
@@ -385,7 +385,7 @@ def test_max_bytes_inline(red_blue_png: bytes) -> None:
 
 
 def test_max_bytes_file(tmp_path: Path, red_blue_png: bytes) -> None:
-    limits = ImageSettings(max_bytes=2048)
+    limits = ImageSettings(max_bytes=2048, file_root=tmp_path)
     exact = tmp_path / "exact.png"
     exact.write_bytes(padded(red_blue_png, 2048))
     assert load_image(file_event(exact), limits).nbytes == 2048
@@ -399,9 +399,9 @@ def test_max_bytes_file(tmp_path: Path, red_blue_png: bytes) -> None:
 def test_max_bytes_file_reads_only_up_to_the_limit(tmp_path: Path, red_blue_png: bytes) -> None:
     big = tmp_path / "big.png"
     big.write_bytes(padded(red_blue_png, 5 * 1024 * 1024))
-    error = refused(file_event(big), ImageSettings(max_bytes=4096))
+    error = refused(file_event(big), ImageSettings(max_bytes=4096, file_root=tmp_path))
     assert error.reason == REASON_TOO_LARGE
-    assert error.detail == "more than 4096 bytes"
+    assert error.detail == f"{5 * 1024 * 1024} bytes is over the limit of 4096"  # from its size: nothing read
 
 
 # --- file:// ----------------------------------------------------------------------------------------
@@ -412,25 +412,26 @@ def test_file_url_loads(tmp_path: Path, red_blue_png: bytes) -> None:
     path.write_bytes(red_blue_png)
     event = file_event(path)
     assert "%20" in event.image_url
-    loaded = load_image(event, DEFAULT_LIMITS)
+    loaded = load_image(event, ImageSettings(file_root=tmp_path))
     assert loaded.image.size == (32, 24)
     assert loaded.sha256 == hashlib.sha256(red_blue_png).hexdigest()
 
 
 def test_missing_file_is_not_found(tmp_path: Path) -> None:
-    error = refused(file_event(tmp_path / "nope.png"))
+    error = refused(file_event(tmp_path / "nope.png"), ImageSettings(file_root=tmp_path))
     assert error.reason == REASON_NOT_FOUND
     assert "nope.png" in error.detail
 
 
 def test_directory_is_fetch_failed(tmp_path: Path) -> None:
-    assert refused(file_event(tmp_path)).reason == REASON_FETCH_FAILED
+    (tmp_path / "sub").mkdir()
+    assert refused(file_event(tmp_path / "sub"), ImageSettings(file_root=tmp_path)).reason == REASON_FETCH_FAILED
 
 
 def test_allow_file_false_is_not_allowed(tmp_path: Path, red_blue_png: bytes) -> None:
     path = tmp_path / "a.png"
     path.write_bytes(red_blue_png)
-    error = refused(file_event(path), ImageSettings(allow_file=False))
+    error = refused(file_event(path), ImageSettings(allow_file=False, file_root=tmp_path))
     assert error.reason == REASON_NOT_ALLOWED
     assert "allow_file" in error.detail
 
