@@ -4,26 +4,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import select
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from consumers.errors import CommandError, ExitCode
 from consumers.logs import configure_logging
 from consumers.outcome_commands import register as register_outcome_commands
 from consumers.policy_commands import register as register_policy_commands
 from moderation import __version__
 from moderation.exceptions import ModerationError
-from moderation.settings import Settings
+from moderation.settings import InvalidSettingsError, Settings, load_settings, mask_url
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 def _cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.masked(), indent=2))
-    return EXIT_OK
+    return ExitCode.OK
+
+
+def positive_days(text: str) -> float:
+    """`--older-than-days`: a finite number above 0 (the setting's 0, keep for ever, is no override)."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not (math.isfinite(days) and days > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of days, not {text!r}")
+    return days
 
 
 def _cmd_embeddings_prune(args: argparse.Namespace, settings: Settings) -> int:
@@ -32,25 +46,24 @@ def _cmd_embeddings_prune(args: argparse.Namespace, settings: Settings) -> int:
     from moderation.storage import EmbeddingStore, create_engine_for
 
     days = settings.embeddings.retention_days if args.older_than_days is None else args.older_than_days
-    if days <= 0:
-        print("retention is 0 (keep embeddings forever): nothing to prune")
-        return EXIT_OK
+    if days == 0:  # only the setting can say 0; the option refuses it
+        print("MODERATION_EMBEDDINGS__RETENTION_DAYS is 0 (keep embeddings forever): nothing to prune")
+        return ExitCode.OK
     engine = create_engine_for(settings.database_url)
     try:
         deleted = EmbeddingStore(engine).prune(timedelta(days=days))
     finally:
         engine.dispose()
     print(f"deleted {deleted} embeddings stored more than {days:g} days ago")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from moderation.settings import mask_url
     from moderation.storage.migrate import current_revision, upgrade
 
     upgrade(settings.database_url, args.revision)
     print(f"{mask_url(settings.database_url)}: schema at revision {current_revision(settings.database_url)}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,7 +77,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     structlog.get_logger("moderation").info("starting", version=__version__, settings=settings.masked())
     run_worker(settings, stop)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_test_model(args: argparse.Namespace, settings: Settings) -> int:
@@ -72,7 +85,7 @@ def _cmd_test_model(args: argparse.Namespace, settings: Settings) -> int:
 
     path = build_test_model(args.out, force=args.force, progress=lambda line: print(line, file=sys.stderr))
     print(path)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
@@ -80,7 +93,7 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
     count = produce_image_files(settings, args.images, source=args.source, inline=args.inline)
     print(f"produced {count} events to {settings.kafka.input_topic} at {settings.kafka.bootstrap_servers}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune = embeddings_commands.add_parser(
         "prune", help="delete embeddings older than the retention (MODERATION_EMBEDDINGS__RETENTION_DAYS)"
     )
-    prune.add_argument("--older-than-days", type=float, default=None, help="override the retention setting")
+    prune.add_argument(
+        "--older-than-days", type=positive_days, default=None, metavar="DAYS",
+        help="override the retention setting (a positive number of days)",
+    )
     prune.set_defaults(handler=_cmd_embeddings_prune)
 
     show = commands.add_parser("settings", help="print the effective settings, secrets masked")
@@ -144,18 +160,104 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. The error boundary: every failure ends here as `error: ...` and an `ExitCode`."""
     try:
-        settings = Settings()
-    except ValueError as exc:  # pydantic's ValidationError names every bad variable
-        print(f"invalid settings:\n{exc}", file=sys.stderr)
-        return EXIT_USAGE
-    configure_logging(settings.log.level, settings.log.format)
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here, not as a traceback at interpreter exit
+    except BrokenPipeError:  # `moderation settings | head -1`: the reader has what it wanted
+        _discard_stdout()
+        return ExitCode.FAILED
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    settings: Settings | None = None
     try:
+        args = build_parser().parse_args(argv)
+        settings = load_settings()
+        configure_logging(settings.log.level, settings.log.format)
         return int(args.handler(args, settings))
-    except ModerationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except InvalidSettingsError as exc:
+        for problem in exc.problems:
+            _say(problem)
+        return ExitCode.USAGE
+    except CommandError as exc:
+        _say(str(exc), None if exc.exit_code == ExitCode.USAGE else exc, settings)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the boundary: whatever it is, one line and a status
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            raise  # main's quiet exit
+        failure = _as_command_error(exc, settings)
+        if failure is not None:
+            _say(str(failure), exc, settings)
+            return failure.exit_code
+        known = _describe(exc, settings)
+        _say(known or f"unexpected {type(exc).__name__}: {exc}", exc, settings, hint=known is None)
+        return ExitCode.FAILED
+
+
+def _as_command_error(exc: Exception, settings: Settings | None) -> CommandError | None:
+    """Kafka's errors as the line `consumers.clients` words for them (kafka is loaded only if it raised)."""
+    kafka_errors = sys.modules.get("kafka.errors")
+    if settings is not None and kafka_errors is not None and isinstance(exc, kafka_errors.KafkaError):
+        from consumers.clients import kafka_failure
+
+        return kafka_failure(settings.kafka, exc)
+    return None
+
+
+def _describe(exc: Exception, settings: Settings | None) -> str | None:
+    """One line for a failure of a known kind; None for a surprise."""
+    if isinstance(exc, ModerationError):
+        return str(exc)
+    sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")  # loaded only by commands that use a database
+    if sqlalchemy_errors is not None and isinstance(exc, sqlalchemy_errors.SQLAlchemyError):
+        original = getattr(exc, "orig", None) or exc  # the driver's message, without SQL and parameters
+        first = (str(original).strip().splitlines() or [type(original).__name__])[0]
+        where = f"database {mask_url(settings.database_url)}" if settings is not None else "database"
+        return f"{where}: {first}"
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        if exc.filename is not None and exc.filename2 is not None:
+            return f"{exc.filename} -> {exc.filename2}: {reason}"
+        if exc.filename is not None:
+            return f"{exc.filename}: {reason}"
+        return reason
+    return None
+
+
+def _say(
+    message: str, exc: BaseException | None = None, settings: Settings | None = None, *, hint: bool = False
+) -> None:
+    """The failure's line on stderr; at DEBUG level the traceback before it."""
+    if exc is not None and settings is not None and settings.log.level == "DEBUG":
+        traceback.print_exception(exc, file=sys.stderr)
+    elif hint:
+        message += " (set MODERATION_LOG__LEVEL=DEBUG for the traceback)"
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (rather than a socket that broke inside a command)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() here, or stdout is no file: assume it is
+        return True
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit has nowhere to fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

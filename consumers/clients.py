@@ -5,13 +5,54 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 
-from moderation.settings import Settings
+from consumers.errors import CommandError
+from moderation.exceptions import ConfigurationError
+from moderation.settings import KafkaSettings, Settings
+
+
+class BrokerUnreachable(KafkaTimeoutError):
+    """No bootstrap server answered within `bootstrap_timeout_ms`.
+
+    Still a KafkaError, so a worker that renews its producer during an outage keeps retrying.
+    """
+
+
+@contextmanager
+def bootstrapping(kafka: KafkaSettings) -> Iterator[None]:
+    """Around a client's constructor, which blocks until a bootstrap server answers or the timeout ends."""
+    try:
+        yield
+    except KafkaTimeoutError as exc:  # kafka-python's "Unable to bootstrap from [...]"
+        raise BrokerUnreachable(f"no broker answered within {kafka.bootstrap_timeout_ms} ms") from exc
+
+
+def kafka_failure(kafka: KafkaSettings, exc: KafkaError) -> CommandError:
+    """A Kafka error as the one line a command ends with, naming the servers it tried."""
+    servers = kafka.bootstrap_servers
+    # A client built without `bootstrapping` fails the same way, with kafka-python's own message.
+    unreachable = isinstance(exc, BrokerUnreachable) or (
+        isinstance(exc, KafkaTimeoutError) and str(exc.args[0] if exc.args else "").startswith("Unable to bootstrap")
+    )
+    if unreachable:
+        return CommandError(
+            f"cannot reach Kafka at {servers} (no broker answered within {kafka.bootstrap_timeout_ms} ms): "
+            "check MODERATION_KAFKA__BOOTSTRAP_SERVERS and that the brokers are up"
+        )
+    return CommandError(f"Kafka at {servers}: {exc}")
 
 
 def make_consumer(settings: Settings, **overrides: Any) -> KafkaConsumer:
@@ -30,7 +71,8 @@ def make_consumer(settings: Settings, **overrides: Any) -> KafkaConsumer:
         "max_partition_fetch_bytes": 16 * 1024 * 1024,  # events may carry inline images
     }
     options.update(overrides)
-    return KafkaConsumer(**options)
+    with bootstrapping(kafka):
+        return KafkaConsumer(**options)
 
 
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
@@ -43,7 +85,8 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "retries": 5,
     }
     options.update(overrides)
-    return KafkaProducer(**options)
+    with bootstrapping(settings.kafka):
+        return KafkaProducer(**options)
 
 
 def make_worker_producer(settings: Settings) -> KafkaProducer:
@@ -61,13 +104,19 @@ def make_worker_producer(settings: Settings) -> KafkaProducer:
     return producer
 
 
-def ensure_topics(settings: Settings, topics: list[str], partitions: int = 4) -> None:
-    """Create topics that do not exist yet (brokers that auto-create make this a no-op)."""
-    admin = KafkaAdminClient(**settings.kafka.client_options())
+def ensure_topics(settings: Settings, topics: list[str], partitions: int | None = None) -> None:
+    """Create topics that do not exist yet, with `partitions` or else the brokers' defaults.
+
+    The brokers' defaults (`num.partitions`, `default.replication.factor`, sent as -1: KIP-464) are the
+    operators' choice for a cluster; a topic created here with a guessed count would override it. A client
+    without the right to create topics fails with one line saying what to create.
+    """
+    with bootstrapping(settings.kafka):
+        admin = KafkaAdminClient(**settings.kafka.client_options())
     try:
         existing = set(admin.list_topics())
         missing = [
-            NewTopic(name=topic, num_partitions=partitions, replication_factor=1)
+            NewTopic(name=topic, num_partitions=partitions or -1, replication_factor=-1)
             for topic in topics
             if topic not in existing
         ]
@@ -76,6 +125,12 @@ def ensure_topics(settings: Settings, topics: list[str], partitions: int = 4) ->
                 admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
+            except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
+                names = ", ".join(topic.name for topic in missing)
+                raise ConfigurationError(
+                    f"topics {names} do not exist and this client may not create them ({type(exc).__name__}): "
+                    "create them before starting the workers"
+                ) from exc
     finally:
         admin.close()
 

@@ -12,13 +12,12 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from consumers.errors import ExitCode
 from consumers.policy_commands import since
 from moderation.settings import Settings
 
 if TYPE_CHECKING:  # the storage layer loads on use: other commands start without it
     from moderation.storage.outcomes import CategoryPrecision
-
-EXIT_OK = 0
 
 
 def cmd_outcomes_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -35,7 +34,7 @@ def cmd_outcomes_run(args: argparse.Namespace, settings: Settings) -> int:
         settings=settings.masked(),
     )
     run_outcomes(settings, stop)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_policy_precision(args: argparse.Namespace, settings: Settings) -> int:
@@ -50,7 +49,7 @@ def cmd_policy_precision(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps([row.as_dict() for row in rows], indent=2))
     else:
         print(precision_table(rows))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def precision_table(rows: Sequence[CategoryPrecision]) -> str:

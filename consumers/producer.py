@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from consumers.clients import make_producer
+from consumers.errors import UsageError
 from moderation.events import SCHEMA_VERSION
 from moderation.settings import Settings
 
@@ -64,10 +65,21 @@ def send_events(producer: KafkaProducer, topic: str, events: Iterable[dict[str, 
     return len(futures)
 
 
-def produce_image_files(settings: Settings, paths: Iterable[Path], *, source: str, inline: bool) -> int:
+def check_image_files(paths: Iterable[Path]) -> None:
+    """Refuse the whole command if any path is not a regular file: half a list produced helps nobody."""
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"{path}: no such file; nothing was produced")
+        if not path.is_file():
+            raise UsageError(f"{path}: not a regular file; nothing was produced")
+
+
+def produce_image_files(settings: Settings, paths: Sequence[Path], *, source: str, inline: bool) -> int:
+    """One event per file; every file is checked (and, inline, read) before the broker is contacted."""
+    check_image_files(paths)
+    events = [file_event(path, source=source, inline=inline) for path in paths]
     producer = make_producer(settings)
     try:
-        events = [file_event(path, source=source, inline=inline) for path in paths]
         return send_events(producer, settings.kafka.input_topic, events)
     finally:
         producer.close(timeout=10)

@@ -7,12 +7,21 @@ inside a database URL) so the effective settings can be printed and logged safel
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
+
+from moderation.exceptions import ConfigurationError
 
 _MASK = "**********"
 _SECRET_QUERY_KEYS = {"password", "sslpassword", "passwd", "pwd"}
@@ -40,6 +49,10 @@ class KafkaSettings(_Group):
     )
     client_id: str = Field("moderation", description="Client id sent to the brokers (shows in broker logs).")
     session_timeout_ms: int = Field(10_000, ge=1_000, description="Group session timeout.")
+    bootstrap_timeout_ms: int = Field(
+        30_000, ge=100, le=600_000,
+        description="How long a client waits for the first broker before the command fails with one line.",
+    )
     max_poll_interval_ms: int = Field(300_000, ge=10_000, description="Longest allowed gap between polls.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -53,6 +66,7 @@ class KafkaSettings(_Group):
             "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
         }
         if self.sasl_mechanism:
             options["sasl_mechanism"] = self.sasl_mechanism
@@ -106,10 +120,12 @@ class PolicySettings(_Group):
     path: Path = Field(Path("policies/default.yaml"), description="The default policy file.")
     sources: dict[str, Path] = Field(
         default_factory=dict,
+        examples=[{"kids-app": "policies/kids.yaml"}],
         description='Per event source (tenant), a policy file instead of the default, as JSON: {"kids-app": "p.yaml"}.',
     )
     shadow: list[Path] = Field(
         default_factory=list,
+        examples=[["policies/candidate.yaml"]],
         description="Candidate policy files evaluated on every event and recorded, never acted on (JSON list).",
     )
     reload_interval_s: float = Field(
@@ -127,8 +143,14 @@ class EmbeddingSettings(_Group):
 
 
 class ImageSettings(_Group):
+    # Pillow refuses outright any image over twice its own limit (89,478,485 pixels by default), in every
+    # thread of the process; under this ceiling `max_pixels` alone decides and Pillow's limit stays as is.
+    MAX_PIXELS_CEILING: ClassVar[int] = 2 * 89_478_485
+
     max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest encoded image accepted.")
-    max_pixels: int = Field(64_000_000, ge=1, description="Largest decoded image (width x height).")
+    max_pixels: int = Field(
+        64_000_000, ge=1, le=MAX_PIXELS_CEILING, description="Largest decoded image (width x height)."
+    )
     allowed_formats: tuple[str, ...] = Field(
         ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"),
         min_length=1,
@@ -138,7 +160,10 @@ class ImageSettings(_Group):
         5.0, gt=0, description="Time budget for decoding and preprocessing one image; over it, an error verdict."
     )
     fetch_timeout_s: float = Field(
-        10.0, gt=0, description="Total time for one http(s) image: connections, redirects, headers and body."
+        10.0,
+        gt=0,
+        description="Total time to fetch one image: for http(s) connections, redirects, headers and body; "
+        "for file:// the whole read.",
     )
     allow_http: bool = Field(True, description="Accept http(s):// image URLs.")
     allowed_url_hosts: tuple[str, ...] = Field(
@@ -149,8 +174,13 @@ class ImageSettings(_Group):
         False, description="Let http(s) images come from loopback, private and link-local addresses."
     )
     max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed per http(s) image, each checked anew.")
-    allow_file: bool = Field(True, description="Accept file:// image URLs.")
-    file_root: Path | None = Field(None, description="If set, file:// images must lie under this directory.")
+    allow_file: bool = Field(
+        True, description="Accept file:// image URLs under file_root; false refuses them even with a root set."
+    )
+    file_root: Path | None = Field(
+        None,
+        description="The directory file:// images must lie under; unset (the default), every file:// URL is refused.",
+    )
 
     @field_validator("allowed_formats")
     @classmethod
@@ -277,3 +307,140 @@ def environment_variables(model: type[BaseModel] = Settings, prefix: str = "MODE
         else:
             names.append(f"{prefix}{name.upper()}")
     return names
+
+
+# --- reading the settings for a command: every mistake named, one line each ------------------------
+
+# MODERATION_* variables read outside the settings model: the test suite's knobs and the test broker's
+# binary (consumers/broker.py). Anything else with the prefix is a setting or a mistake.
+_OTHER_VARIABLES = ("MODERATION_TEST_", "MODERATION_TANSU_BIN")
+
+
+class InvalidSettingsError(ConfigurationError):
+    """The environment or `.env` holds settings that cannot be used; `problems` has one line per variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _settable(model: type[BaseModel] = Settings, prefix: str = "MODERATION_") -> dict[str, FieldInfo]:
+    """Every variable that sets something, groups included (``MODERATION_KAFKA`` takes the group as JSON)."""
+    found: dict[str, FieldInfo] = {}
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        found[variable] = field
+        if _is_group(field):
+            found |= _settable(field.annotation, f"{variable}__")  # type: ignore[arg-type]
+    return found
+
+
+def _is_group(field: FieldInfo) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+
+
+def _json_shape(field: FieldInfo) -> str | None:
+    """'an object' or 'a list' where pydantic-settings decodes the variable as JSON; None for plain text."""
+    origin = get_origin(field.annotation)
+    if _is_group(field) or origin is dict:
+        return "an object"
+    if origin in (list, tuple, set, frozenset):
+        return "a list"
+    return None
+
+
+def _json_example(field: FieldInfo) -> str:
+    if field.examples:
+        return json.dumps(field.examples[0])
+    default = field.get_default(call_default_factory=True)
+    if _is_group(field):
+        first, inner = next(iter(field.annotation.model_fields.items()))  # type: ignore[union-attr]
+        return json.dumps({first: inner.get_default(call_default_factory=True)}, default=str)
+    if default:
+        return json.dumps(list(default) if isinstance(default, (tuple, set, frozenset)) else default, default=str)
+    return '{"key": "value"}' if get_origin(field.annotation) is dict else '["value"]'
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+
+
+def _prefixed(values: Mapping[str, str | None]) -> dict[str, str]:
+    """The MODERATION_* entries of `values`, names upper-cased as pydantic-settings matches them."""
+    return {
+        name.upper(): value or ""
+        for name, value in values.items()
+        if name.upper().startswith("MODERATION_") and not name.upper().startswith(_OTHER_VARIABLES)
+    }
+
+
+def _unknown(variable: str, known: Mapping[str, FieldInfo]) -> bool:
+    if variable in known:
+        return False
+    # A dict setting also takes one key per variable: MODERATION_POLICY__SOURCES__KIDS-APP=x.yaml.
+    return not any(variable.startswith(f"{name}__") and get_origin(f.annotation) is dict for name, f in known.items())
+
+
+def _closest(variable: str) -> str:
+    # Compared without the prefix every name shares, which would make any two names look alike.
+    names = {name.removeprefix("MODERATION_"): name for name in environment_variables()}
+    close = difflib.get_close_matches(variable.removeprefix("MODERATION_"), names, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {names[close[0]]}?"
+    return "no setting has a similar name: the README's Settings table lists them"
+
+
+def _variable_for(loc: tuple[int | str, ...], known: Mapping[str, FieldInfo]) -> tuple[str, str]:
+    """A validation error's location as (the variable, what lies inside it: a key or an index)."""
+    variable, rest = f"MODERATION_{str(loc[0]).upper()}", list(loc[1:])
+    while rest and f"{variable}__{str(rest[0]).upper()}" in known:
+        variable = f"{variable}__{str(rest.pop(0)).upper()}"
+    return variable, "".join(f"[{part!r}]" for part in rest)
+
+
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
+    """`Settings()` for a command, refusing what `Settings` alone would ignore or report obscurely.
+
+    An unknown MODERATION_* name (in the environment or in `env_file`) is refused with the closest real
+    one: a typo must not leave a worker on its defaults. A value that must be JSON is checked first, so
+    the error names the variable and the expected shape; every invalid value is one line naming its
+    variable. Raises `InvalidSettingsError` with all the problems found.
+    """
+    known = _settable()
+    environment = _prefixed(os.environ)
+    dot_env = _prefixed(dotenv_values(env_file)) if env_file is not None and Path(env_file).is_file() else {}
+    given = {**dot_env, **environment}  # the environment wins, as in Settings
+
+    def where(variable: str) -> str:
+        return "" if variable in environment else f" in {env_file}"
+
+    problems = [
+        f"unknown setting {variable}{where(variable)} ({_closest(variable)})"
+        for variable in sorted(given)
+        if _unknown(variable, known)
+    ]
+    for variable in sorted(given):
+        field = known.get(variable)
+        shape = _json_shape(field) if field is not None else None
+        if shape is None:
+            continue
+        try:
+            json.loads(given[variable])
+        except ValueError as exc:
+            problems.append(
+                f"{variable}{where(variable)}: not valid JSON (expected {shape} like {_json_example(field)}): {exc}"  # type: ignore[arg-type]
+            )
+    if problems:
+        raise InvalidSettingsError(problems)
+    try:
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        for error in exc.errors():
+            variable, inside = _variable_for(error["loc"], known)
+            value = error.get("input")
+            secret = variable in known and _is_secret(known[variable])
+            got = f" (got {value[:80]!r})" if isinstance(value, str) and not secret and not inside else ""
+            problems.append(f"{variable}{where(variable)}{inside}: {error['msg']}{got}")
+        raise InvalidSettingsError(problems) from exc
+    except PydanticSettingsError as exc:  # a value pydantic-settings could not decode before validating
+        raise InvalidSettingsError([f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)]) from exc

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch.nn.functional import cross_entropy, normalize
 
+from moderation.exceptions import ModerationError
 from moderation.scorer import pooled_embeddings, quiet_progress_bars
 
 # Bump whenever the architecture, data or training changes: it names the cache directory, so an old
@@ -241,7 +242,7 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-class ModelVerificationError(RuntimeError):
+class ModelVerificationError(ModerationError):
     """The freshly trained test model does not separate the colours; it is not written to the cache."""
 
 

@@ -13,8 +13,10 @@ from moderation.settings import (
     BatchingSettings,
     DatabaseSettings,
     ImageSettings,
+    InvalidSettingsError,
     KafkaSettings,
     Settings,
+    load_settings,
     mask_url,
 )
 
@@ -263,6 +265,7 @@ def test_client_options_plaintext() -> None:
         "bootstrap_servers": ["k1:9092", "k2:9093"],
         "client_id": "w-1",
         "security_protocol": "PLAINTEXT",
+        "bootstrap_timeout_ms": 30_000,
     }
 
 
@@ -346,3 +349,41 @@ def test_boundary_values_are_accepted() -> None:
     assert BatchingSettings(max_size=4096).max_size == 4096
     assert ImageSettings(max_bytes=1024).max_bytes == 1024
     assert BatchingSettings(max_wait_ms=0).max_wait_ms == 0
+
+
+# --- load_settings: what a command reads ------------------------------------------------------------
+
+
+def test_load_settings_accepts_every_form_of_a_real_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MODERATION_POLICY__SOURCES__KIDS-APP", "kids.yaml")  # one key of a dict setting
+    monkeypatch.setenv("MODERATION_KAFKA", '{"client_id": "w-7"}')  # a whole group as JSON
+    monkeypatch.setenv("moderation_batching__max_size", "8")  # names are case-insensitive
+    monkeypatch.setenv("MODERATION_TEST_MODEL_DIR", str(tmp_path))  # the test suite's own knobs
+    monkeypatch.setenv("MODERATION_TANSU_BIN", "/usr/bin/tansu")
+    settings = load_settings()
+    assert settings.policy.sources == {"kids-app": Path("kids.yaml")}
+    assert settings.kafka.client_id == "w-7"
+    assert settings.batching.max_size == 8
+
+
+def test_load_settings_reports_every_problem_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODERATION_SOMETHING_NEW", "1")
+    monkeypatch.setenv("MODERATION_POLICY__SHADOW", "candidate.yaml")  # a list must be JSON
+    with pytest.raises(InvalidSettingsError) as info:
+        load_settings()
+    assert info.value.problems == [
+        "unknown setting MODERATION_SOMETHING_NEW"
+        " (no setting has a similar name: the README's Settings table lists them)",
+        'MODERATION_POLICY__SHADOW: not valid JSON (expected a list like ["policies/candidate.yaml"]): '
+        "Expecting value: line 1 column 1 (char 0)",
+    ]
+
+
+def test_load_settings_names_the_dot_env_file_for_its_values(clean_environment: Path) -> None:
+    (clean_environment / ".env").write_text("MODERATION_MODEL__DEVICE=tpu\n", encoding="utf-8")
+    with pytest.raises(InvalidSettingsError) as info:
+        load_settings()
+    assert info.value.problems == [
+        "MODERATION_MODEL__DEVICE in .env: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"
+    ]
+    assert load_settings(env_file=None).model.device == "auto"
