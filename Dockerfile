@@ -42,12 +42,12 @@ FROM ${BASE_IMAGE} AS runtime
 
 # The interpreter of the base image (python3.11 on an nvidia/cuda base with deadsnakes' Python).
 ARG PYTHON=python3
-# Installed before the wheel so pip keeps it. Default: the CPU build (PyPI's Linux x86_64 torch wheels
-# bundle CUDA; the CPU-only ones are smaller), e.g.
-#   --build-arg TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# Installed before the wheel so pip keeps it. Default: the CPU build, from PyTorch's CPU index (PyPI's Linux
+# x86_64 torch wheels are CUDA builds that pull in gigabytes of NVIDIA libraries; the CPU index serves
+# x86_64 and aarch64, and `==2.13.0` matches its 2.13.0+cpu). Same version as the Makefile's TORCH.
 # GPU: a CUDA build, e.g. "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu124".
 # Empty: leave the base image's torch alone (pytorch/pytorch bases).
-ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -29,5 +29,10 @@ test: install ## run the whole test suite (real broker, SQLite and PostgreSQL on
 lint: install ## ruff
 	$(VENV)/bin/ruff check .
 
+# BENCH_ARGS=--quick for the 3-minute smoke run; the other tools under bench/ are in BENCHMARKS.md.
+BENCH_ARGS ?=
+bench: install ## the CPU benchmark, bench/run.py (~10 min): a table, and JSON in bench/results/
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean: ## remove the venv and local data
 	rm -rf $(VENV) data build *.egg-info

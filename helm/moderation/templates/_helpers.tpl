@@ -70,6 +70,47 @@ Secret holding the database URL and the Kafka SASL password: the chart's own or 
 {{- end }}
 
 {{/*
+Secret the migration Job reads. The Job is a pre-install/pre-upgrade hook: it runs before the release's own
+Secret exists (install) or is updated (upgrade), so the chart gives it a hook Secret of its own with the same
+keys, deleted once the hooks succeed. An existing Secret is there before the release: the Job reads it.
+*/}}
+{{- define "moderation.migrationSecretName" -}}
+{{- if .Values.existingSecret.name }}
+{{- .Values.existingSecret.name }}
+{{- else }}
+{{- printf "%s-migrate" (include "moderation.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The keys of the chart-made Secrets (the release's and the migration hook's): one definition, so they agree.
+*/}}
+{{- define "moderation.secretData" -}}
+{{- if and .Values.kafka.saslMechanism (not .Values.kafka.saslPassword) }}
+{{- fail "kafka.saslMechanism is set: kafka.saslPassword is required (or use existingSecret.name)" }}
+{{- end }}
+type: Opaque
+stringData:
+  {{ .Values.existingSecret.databaseUrlKey }}: {{ required "database.url is required (or set existingSecret.name)" .Values.database.url | quote }}
+  {{- if .Values.kafka.saslPassword }}
+  {{ .Values.existingSecret.kafkaSaslPasswordKey }}: {{ .Values.kafka.saslPassword | quote }}
+  {{- end }}
+{{- end }}
+
+{{/*
+Pod annotation that rolls the pods when their credentials change: the chart-made Secret's content, or for an
+existing Secret (whose content the chart never sees) its name and existingSecret.revision, which the operator
+changes with each rotation.
+*/}}
+{{- define "moderation.secretChecksum" -}}
+{{- if .Values.existingSecret.name }}
+checksum/secret: {{ printf "%s/%s" .Values.existingSecret.name .Values.existingSecret.revision | sha256sum }}
+{{- else }}
+checksum/secret: {{ include "moderation.secretData" . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/*
 Container image reference; the tag defaults to the chart's appVersion.
 */}}
 {{- define "moderation.image" -}}
@@ -80,8 +121,11 @@ Container image reference; the tag defaults to the chart's appVersion.
 Environment shared by every container (worker, migration, prune, outcomes): every MODERATION_* setting the
 chart manages. Integer settings go through int64: Helm reads numbers from values as float64 and would print
 20971520 as 2.097152e+07, which the settings refuse.
+Called with (dict "root" $ "secretName" NAME): the migration Job reads another Secret than the rest.
 */}}
 {{- define "moderation.env" -}}
+{{- $secretName := .secretName }}
+{{- with .root }}
 - name: MODERATION_DATA_DIR
   value: "/tmp/moderation"
 - name: MODERATION_KAFKA__BOOTSTRAP_SERVERS
@@ -116,7 +160,7 @@ chart manages. Integer settings go through int64: Helm reads numbers from values
 - name: MODERATION_KAFKA__SASL_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "moderation.secretName" . }}
+      name: {{ $secretName }}
       key: {{ .Values.existingSecret.kafkaSaslPasswordKey }}
 {{- end }}
 {{- if .Values.kafka.tls.caSecretName }}
@@ -126,7 +170,7 @@ chart manages. Integer settings go through int64: Helm reads numbers from values
 - name: MODERATION_DATABASE__URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "moderation.secretName" . }}
+      name: {{ $secretName }}
       key: {{ .Values.existingSecret.databaseUrlKey }}
 - name: MODERATION_MODEL__NAME_OR_PATH
   value: {{ .Values.model.nameOrPath | quote }}
@@ -210,5 +254,6 @@ chart manages. Integer settings go through int64: Helm reads numbers from values
   value: /tmp/.triton
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
 {{- end }}
 {{- end }}
