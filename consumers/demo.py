@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from consumers.broker import EmbeddedBroker
+from consumers.broker import EmbeddedBroker, broker_binary
 from consumers.clients import ensure_topics, make_producer, read_topic
 from consumers.messages import header
 from consumers.producer import file_event, image_event, send_events
 from consumers.service import build_moderator, run_worker
-from moderation.settings import Settings
+from moderation.settings import PolicySettings, Settings
 from moderation.storage import VerdictStore, create_engine_for
 from moderation.storage.migrate import upgrade
 from moderation.verdict import Verdict
@@ -36,7 +36,33 @@ SAMPLES = [
     ("red", 300, 200, "JPEG", True),
 ]
 WAIT_FOR_VERDICTS_S = 300.0
-TEST_MODEL_POLICY = Path(__file__).resolve().parent.parent / "policies" / "test-model.yaml"
+# The default of MODERATION_POLICY__PATH, relative to the working directory like every setting's path.
+DEFAULT_POLICY_SETTING = PolicySettings.model_fields["path"].default
+
+
+def bundled_policy(name: str) -> Path:
+    """A policy file shipped with the code (the repo's ``policies/``), wherever the demo runs from.
+
+    Found beside the packages of a source checkout or an editable install (the image is one); an install
+    without the repo has no such file, and loading it then names the path it was expected at.
+    """
+    return Path(__file__).resolve().parent.parent / "policies" / name
+
+
+def demo_policy(settings: Settings, policy: Path | None, *, using_test_model: bool) -> Path:
+    """The policy the demo applies: --policy, else the test model's own, else the configured default.
+
+    The configured default (``policies/default.yaml``) is relative to the working directory; when the
+    demo runs elsewhere and it is not there, the copy shipped with the code is used instead.
+    """
+    if policy is not None:
+        return policy
+    if using_test_model:
+        return bundled_policy("test-model.yaml")
+    configured = settings.policy.path
+    if configured == DEFAULT_POLICY_SETTING and not configured.is_file():
+        return bundled_policy(configured.name)
+    return configured
 
 
 def _say(line: str) -> None:
@@ -44,7 +70,11 @@ def _say(line: str) -> None:
 
 
 def _demo_settings(settings: Settings, data_dir: Path, policy: Path) -> Settings:
+    # The sample images are written under data_dir/images and travel as file:// URLs, which a worker
+    # reads only under its images.file_root: the demo's root is that directory.
+    images = settings.images.model_copy(update={"allow_file": True, "file_root": (data_dir / "images").resolve()})
     updates: dict[str, Any] = {
+        "images": images,
         "kafka": settings.kafka.model_copy(
             update={
                 "consumer_group": f"moderation-demo-{int(time.time())}",
@@ -82,6 +112,7 @@ def _write_samples(directory: Path) -> list[dict[str, Any] | bytes]:
 
 
 def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> int:
+    broker_binary()  # before the model: without the demo extra, fail at once with the line that names it
     using_test_model = model is None
     if using_test_model:
         from moderation.testmodel import build_test_model
@@ -89,11 +120,11 @@ def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> i
         _say("No --model given: using the small TEST model this repo builds offline. It tells colours apart")
         _say("(red -> review, yellow -> block); it is not a content model. Pass --model PATH for a real CLIP.")
         model = str(build_test_model(progress=_say))
-        policy = policy or TEST_MODEL_POLICY
-    policy = policy or settings.policy.path
+    policy = demo_policy(settings, policy, using_test_model=using_test_model)
 
     data_dir = settings.data_dir / "demo"
     shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)  # the store creates one directory level at most, and this is two
     # Model and policy first: a wrong --model or policy fails before anything is started.
     demo = _demo_settings(settings, data_dir, policy)
     moderator = build_moderator(demo, model=model)

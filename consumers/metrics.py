@@ -1,14 +1,27 @@
 """Prometheus metrics for one worker process: what it consumed, decided, published and how long each step took.
 
-Names follow Prometheus conventions (``moderation_..._total`` counters, ``_seconds`` in base units). Each
-`WorkerMetrics` has its own registry, so several workers (tests, benchmarks) can live in one process.
+Names follow Prometheus conventions: ``moderation_..._total`` counters, the unit at the end of the name
+in base units or as the thing counted (``_seconds``, ``_images``, ``_records``), ``_info`` for series that
+carry labels with value 1. Each `WorkerMetrics` has its own registry, so several workers (tests,
+benchmarks) can live in one process; each registry also gets the standard ``process_*`` and ``python_*``
+collectors (CPU, memory, open files, GC), which describe the whole process.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from consumers.delivery import BatchResult
 from moderation.policy_book import PolicyBook
@@ -23,6 +36,10 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        if GC_COLLECTOR is not None:  # None on interpreters without gc.get_stats
+            GCCollector(registry=r)
         self.events_consumed = Counter("moderation_events_consumed", "Records polled from the input topic.", registry=r)
         self.verdicts = Counter(
             "moderation_verdicts", "Verdicts written.", ["status", "top_category", "action"], registry=r
@@ -36,7 +53,10 @@ class WorkerMetrics:
         self.back_pressure_pauses = Counter(
             "moderation_back_pressure_pauses", "Times the full pipeline paused the partitions.", registry=r
         )
-        self.batch_size = Histogram("moderation_batch_size", "Records per batch.", buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "moderation_batch_size_images", "Images (events, one image each) per batch.", buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "moderation_stage_seconds", "Time per batch in each step.", ["stage"], buckets=_LATENCY_BUCKETS, registry=r
         )
@@ -49,17 +69,22 @@ class WorkerMetrics:
         self.batches_in_flight = Gauge(
             "moderation_batches_in_flight", "Batches between poll and offset commit.", registry=r
         )
+        self.batches_fenced = Counter(
+            "moderation_batches_fenced",
+            "Transactional batches aborted by a rebalance: not committed here, redelivered to the new owner.",
+            registry=r,
+        )
         self.assigned_partitions = Gauge("moderation_assigned_partitions", "Partitions this member owns.", registry=r)
         self.consumer_lag = Gauge(
-            "moderation_consumer_lag",
-            "Records behind the partition's end: highwater minus the committed offset.",
+            "moderation_consumer_lag_records",
+            "Records behind the partition's end: its end offset minus the group's committed offset.",
             ["topic", "partition"],
             registry=r,
         )
         self.model = Info("moderation_model", "The model in use.", registry=r)
         self.policy = Info("moderation_policy", "The default policy in force.", registry=r)
         self.policies = Gauge(
-            "moderation_policies",
+            "moderation_policies_info",
             "Every policy in force or in shadow (value 1): role default | source | shadow, and for a source its name.",
             ["role", "source", "version", "sha256"],
             registry=r,
@@ -68,6 +93,11 @@ class WorkerMetrics:
             "moderation_policy_reloads",
             "Edited policy files: applied, or refused because they did not validate (the last good one stays).",
             ["result"],
+            registry=r,
+        )
+        self.policy_files_refused = Gauge(
+            "moderation_policy_files_refused",
+            "Policy files whose latest edit was refused (alert on > 0): the previous version of each is in force.",
             registry=r,
         )
         self.uncertain = Counter(
@@ -102,8 +132,15 @@ class WorkerMetrics:
                 self.flagged.labels(verdict.top_category or "").inc()
             self.end_to_end_seconds.observe(max(0.0, (now - verdict.uploaded_at).total_seconds()))
 
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop a revoked partition's series: the member that owns it now reports it."""
+        try:
+            self.consumer_lag.remove(topic, str(partition))
+        except KeyError:
+            pass
+
     def policies_in_force(self, book: PolicyBook) -> None:
-        """Export the book: the default policy's info, and one `moderation_policies` series per policy."""
+        """Export the book: the default policy's info, and one `moderation_policies_info` series per policy."""
         self.policy.info({"version": book.default.version, "sha256": book.default.sha256})
         self.policies.clear()
         entries = [("default", "", book.default)]

@@ -1,9 +1,11 @@
 """The ops HTTP server of a worker: /metrics for Prometheus, /healthz (liveness) and /readyz (readiness).
 
-Liveness says the consumer loop is not wedged (it polled recently); readiness says the worker can do its
-job: model and policy loaded, database reachable, partitions assigned. Kubernetes restarts a worker that
-is not live and sends it no traffic... of which a Kafka consumer has none, so readiness is for operators
-and rollouts: a worker that is live but not ready is waiting (for the database, or for partitions).
+The server starts before the model loads. Liveness says the process is starting, then that the consumer
+loop is not wedged (it polled recently); readiness says the worker can do its job: model and policy
+loaded, database reachable, loop polling. Kubernetes restarts a worker that is not live and sends it no
+traffic... of which a Kafka consumer has none, so readiness is for operators and rollouts: a worker that
+is live but not ready is starting or waiting for the database. A member without partitions (more
+replicas than partitions) is a ready standby.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 Check = Callable[[], tuple[bool, str]]
+# The checks a probe runs, asked for at each request: what is checked changes as the worker starts.
+Checks = Callable[[], Mapping[str, Check]]
 
 
 class CachedCheck:
@@ -42,7 +46,12 @@ class CachedCheck:
 
 class OpsServer:
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, liveness: dict[str, Check], readiness: dict[str, Check]
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        liveness: Mapping[str, Check] | Checks,
+        readiness: Mapping[str, Check] | Checks,
     ) -> None:
         handler = _handler(registry, liveness, readiness)
         self._server = ThreadingHTTPServer((host, port), handler)
@@ -63,14 +72,14 @@ class OpsServer:
         self._thread.join(timeout=5)
 
 
-def evaluate(checks: dict[str, Check]) -> tuple[bool, dict[str, dict[str, object]]]:
+def evaluate(checks: Mapping[str, Check]) -> tuple[bool, dict[str, dict[str, object]]]:
     results = {name: check() for name, check in checks.items()}
     body = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in results.items()}
     return all(ok for ok, _ in results.values()), body
 
 
 def _handler(
-    registry: CollectorRegistry, liveness: dict[str, Check], readiness: dict[str, Check]
+    registry: CollectorRegistry, liveness: Mapping[str, Check] | Checks, readiness: Mapping[str, Check] | Checks
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - probes every few seconds
@@ -81,7 +90,8 @@ def _handler(
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path in ("/healthz", "/readyz"):
-                ok, body = evaluate(liveness if path == "/healthz" else readiness)
+                checks = liveness if path == "/healthz" else readiness
+                ok, body = evaluate(checks() if callable(checks) else checks)
                 payload = json.dumps({"ok": ok, "checks": body}).encode()
                 self._send(200 if ok else 503, payload, "application/json")
             else:

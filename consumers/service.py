@@ -8,14 +8,15 @@ import time
 
 import structlog
 
-from consumers.clients import make_consumer, make_worker_producer
+from consumers.clients import ensure_topics, make_consumer, make_worker_producer
 from consumers.metrics import WorkerMetrics
-from consumers.ops import CachedCheck, OpsServer
+from consumers.ops import CachedCheck, Check, OpsServer
 from consumers.signals import install_stop_signals  # noqa: F401 - re-exported for callers
 from consumers.worker import BatchResult, Worker
+from moderation.exceptions import ConfigurationError
 from moderation.moderator import Moderator
 from moderation.policy_book import PolicyFiles
-from moderation.reuse import EmbeddingCache
+from moderation.reuse import EmbeddingCache, GuardedLookup
 from moderation.scorer import ClipScorer
 from moderation.settings import Settings
 from moderation.storage import EmbeddingStore, VerdictStore, create_engine_for
@@ -35,7 +36,8 @@ def build_moderator(settings: Settings, model: str | None = None, store: Verdict
     for policy in book.every_policy():
         scorer.policy_text(policy)
     log.info(
-        "model and policies loaded", model=scorer.model_id, device=str(scorer.device), precision=scorer.precision,
+        "model and policies loaded", model=scorer.model_name, model_id=scorer.model_id,
+        device=str(scorer.device), precision=scorer.precision,
         policy=book.default.path, policy_version=book.default.version, policy_hash=book.default.sha256[:12],
         by_source={source: p.version for source, p in book.by_source.items()},
         shadows=[p.version for p in book.shadows],
@@ -44,7 +46,10 @@ def build_moderator(settings: Settings, model: str | None = None, store: Verdict
     embeddings = settings.embeddings
     cache = None
     if embeddings.reuse:
-        lookup = EmbeddingStore(store.engine).get_many if store is not None and embeddings.store else None
+        lookup = None
+        if store is not None and embeddings.store:
+            # Bounded: the lookup runs before each forward pass, and an outage must not stall every batch.
+            lookup = GuardedLookup(EmbeddingStore(store.engine).get_many)
         cache = EmbeddingCache(scorer.model_id, embeddings.cache_size, lookup)
     return Moderator(
         scorer, files, settings.images, loader_threads=threads, cache=cache, keep_embeddings=embeddings.store
@@ -52,33 +57,116 @@ def build_moderator(settings: Settings, model: str | None = None, store: Verdict
 
 
 def open_store(settings: Settings) -> VerdictStore:
-    """Connect and check the schema is migrated: the worker never creates tables on its own."""
+    """Connect and check the schema is one this release can run on: the worker never creates tables."""
     require_head(settings.database_url)
     store = VerdictStore(create_engine_for(settings.database_url))
     store.ping()
     return store
 
 
+class WorkerHealth:
+    """What /healthz and /readyz report over a worker's life: starting, then running.
+
+    The ops server starts before anything slow (so a taken port fails at once, and a probe gets an answer
+    while the model loads): until `running` is called, liveness says which start-up step is under way and
+    readiness fails with it.
+    """
+
+    def __init__(self) -> None:
+        self._step = "starting"
+        self._liveness: dict[str, Check] = {"startup": lambda: (True, self._step)}
+        self._readiness: dict[str, Check] = {"startup": lambda: (False, self._step)}
+
+    def starting(self, step: str) -> None:
+        self._step = step
+        log.info("starting", step=step)
+
+    def liveness(self) -> dict[str, Check]:
+        return self._liveness
+
+    def readiness(self) -> dict[str, Check]:
+        return self._readiness
+
+    def running(self, settings: Settings, worker: Worker, store: VerdictStore) -> None:
+        """/healthz: the loop polls. /readyz: model and policy loaded, database reachable, the loop polls."""
+        ops = settings.ops
+
+        def polling() -> tuple[bool, str]:
+            age = time.monotonic() - worker.last_poll_at
+            return age < ops.liveness_timeout_s, f"last poll {age:.1f} s ago (limit {ops.liveness_timeout_s:g} s)"
+
+        def database() -> tuple[bool, str]:
+            store.ping()
+            return True, "reachable"
+
+        def partitions() -> tuple[bool, str]:
+            # Informational: a member with no partitions (more replicas than partitions) is a healthy
+            # standby that takes over on the next rebalance. Requiring partitions would keep it unready
+            # for ever, so a rollout would never complete and the disruption budget would block drains.
+            count = worker.assigned_partitions
+            return True, f"{count} partitions assigned" if count else "standby: no partitions assigned"
+
+        scorer = worker.moderator.scorer
+        model = f"{getattr(scorer, 'model_name', scorer.model_id)} ({scorer.model_id})"
+
+        def policy() -> tuple[bool, str]:
+            default = worker.moderator.policy  # read each time: reloads swap it
+            detail = f"{default.path} version {default.version}"
+            refused = dict(worker.refused_policies)  # a copy: the scorer thread updates it
+            if refused:
+                edits = "; ".join(
+                    f"{path}: " + ", ".join(f"{field}: {problem}" for field, problem in error.problems)
+                    for path, error in sorted(refused.items())
+                )
+                detail += f"; edit refused, last good version in force: {edits}"[:1000]
+            return True, detail  # still ready: the last good policy decides
+
+        self._liveness = {"loop": polling}
+        self._readiness = {
+            "model": lambda: (True, f"{model} loaded"),
+            "policy": policy,
+            "database": CachedCheck(database),
+            "partitions": partitions,
+            "loop": polling,
+        }
+
+
 def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator | None = None) -> BatchResult:
     """Run one group member until `stop` is set, then leave the group cleanly."""
-    store = open_store(settings)
-    moderator = moderator or build_moderator(settings, store=store)
-    consumer = make_consumer(settings)
-    producer = make_worker_producer(settings)
-    worker = Worker(
-        consumer=consumer, producer=producer, moderator=moderator, store=store, settings=settings,
-        producer_factory=lambda: make_worker_producer(settings),
-    )
-    describe(worker.metrics, moderator)
-    ops = start_ops_server(settings, worker, store) if settings.ops.enabled else None
+    metrics = WorkerMetrics()
+    health = WorkerHealth()
+    ops = start_ops_server(settings, metrics, health) if settings.ops.enabled else None
+    consumer = producer = store = worker = None
     try:
+        health.starting("opening the database")
+        store = open_store(settings)
+        if moderator is None:
+            health.starting("loading the model and policies")
+            moderator = build_moderator(settings, store=store)
+        kafka = settings.kafka
+        health.starting("connecting to Kafka")
+        ensure_topics(settings, [kafka.review_topic, kafka.dead_letter_topic])
+        consumer = make_consumer(settings)
+        producer = make_worker_producer(settings)
+        worker = Worker(
+            consumer=consumer, producer=producer, moderator=moderator, store=store, settings=settings,
+            metrics=metrics, producer_factory=lambda: make_worker_producer(settings),
+        )
+        describe(metrics, moderator)
+        health.running(settings, worker, store)
         worker.run(stop)
     finally:
         # Offsets were committed batch by batch; nothing unfinished may be committed on the way out.
-        consumer.close(autocommit=False)
-        worker.producer.close(timeout=10)  # the one in use: a broker error may have replaced it
-        moderator.close()
-        store.engine.dispose()
+        if consumer is not None:
+            consumer.close(autocommit=False)
+        if worker is not None:
+            worker.producer.close(timeout=10)  # the one in use: a broker error may have replaced it
+        elif producer is not None:
+            producer.close(timeout=10)
+        if moderator is not None:
+            moderator.close()
+        if store is not None:
+            store.engine.dispose()
         if ops is not None:
             ops.stop()
     return worker.totals
@@ -88,41 +176,29 @@ def describe(metrics: WorkerMetrics, moderator: Moderator) -> None:
     scorer = moderator.scorer
     metrics.model.info({
         "model": scorer.model_id,
+        "name": str(getattr(scorer, "model_name", scorer.model_id)),  # what it was loaded by: a path or hub id
         "device": str(getattr(scorer, "device", "")),
         "precision": str(getattr(scorer, "precision", "")),
     })
     metrics.policies_in_force(moderator.policies)
 
 
-def start_ops_server(settings: Settings, worker: Worker, store: VerdictStore) -> OpsServer:
-    """/healthz: the loop polls. /readyz: model and policy loaded, database reachable, partitions assigned."""
+def serve_running_worker(settings: Settings, worker: Worker, store: VerdictStore) -> OpsServer:
+    """The ops server of a worker built by the caller (tests, embedders), already past its start-up."""
+    health = WorkerHealth()
+    health.running(settings, worker, store)
+    return start_ops_server(settings, worker.metrics, health)
+
+
+def start_ops_server(settings: Settings, metrics: WorkerMetrics, health: WorkerHealth) -> OpsServer:
+    """Bind and serve /metrics, /healthz and /readyz; a port that cannot be bound is a configuration error."""
     ops = settings.ops
-
-    def polling() -> tuple[bool, str]:
-        age = time.monotonic() - worker.last_poll_at
-        return age < ops.liveness_timeout_s, f"last poll {age:.1f} s ago (limit {ops.liveness_timeout_s:g} s)"
-
-    def database() -> tuple[bool, str]:
-        store.ping()
-        return True, "reachable"
-
-    def partitions() -> tuple[bool, str]:
-        count = worker.assigned_partitions
-        return count > 0, f"{count} partitions assigned"
-
-    model = worker.moderator.scorer.model_id
-
-    def policy() -> tuple[bool, str]:
-        default = worker.moderator.policy  # read each time: reloads swap it
-        return True, f"{default.path} version {default.version}"
-
-    readiness = {
-        "model": lambda: (True, f"{model} loaded"),
-        "policy": policy,
-        "database": CachedCheck(database),
-        "partitions": partitions,
-        "loop": polling,
-    }
-    server = OpsServer(ops.host, ops.port, worker.metrics.registry, {"loop": polling}, readiness).start()
+    try:
+        server = OpsServer(ops.host, ops.port, metrics.registry, health.liveness, health.readiness).start()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the ops server cannot listen on {ops.host}:{ops.port} ({exc.strerror or exc}): "
+            "set MODERATION_OPS__PORT to a free port, or MODERATION_OPS__ENABLED=false"
+        ) from exc
     log.info("ops server listening", host=ops.host, port=server.port, paths="/metrics /healthz /readyz")
     return server

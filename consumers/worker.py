@@ -19,7 +19,6 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import structlog
@@ -41,15 +40,17 @@ from consumers.delivery import (
 from consumers.messages import OutgoingMessage, header
 from consumers.metrics import WorkerMetrics
 from moderation.events import ImageEvent, parse_event
-from moderation.exceptions import EventError, ModerationError
+from moderation.exceptions import EventError, ModerationError, PolicyError
 from moderation.moderator import Moderator
 from moderation.settings import Settings
 from moderation.storage import StorageError, VerdictStore
+from moderation.threads import DaemonPool
 from moderation.verdict import Verdict, VerdictStatus
 
 log = structlog.get_logger("moderation.worker")
 
 IDLE_POLL_S = 0.5  # nothing in flight: wake up this often to notice a stop request
+LAG_LOOKUP_TIMEOUT_MS = 2000  # the lag gauge may wait this long for the group's committed offset
 BUSY_POLL_S = 0.02  # work in flight: come back quickly to commit what finished
 _STOP = object()  # queue sentinel
 
@@ -93,7 +94,8 @@ class Worker:
         self.max_in_flight = batching.max_batches_in_flight
         self.drain_timeout_s = batching.drain_timeout_s  # how long a stop or a rebalance waits for them
         threads = batching.loader_threads or 2 * (os.cpu_count() or 1)
-        self._loaders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loader")
+        # Daemon threads: a loader stuck in a read must not keep the process alive past the drain deadline.
+        self._loaders = DaemonPool(threads, "loader")
         self._to_score: queue.Queue[object] = queue.Queue()
         self._to_deliver: queue.Queue[object] = queue.Queue()
         self._delivered: queue.Queue[tuple[Batch, BatchResult]] = queue.Queue()
@@ -110,7 +112,13 @@ class Worker:
         self.assigned_partitions = 0
         self._committed_offsets: dict[TopicPartition, int] = {}
         self._lag_updated_at = 0.0
+        self._lag_reported: set[TopicPartition] = set()  # partitions with a lag series from this member
         self.lag_every_s = 1.0  # how often the consumer-lag gauge is refreshed (a cheap, local computation)
+        # Policy files whose latest edit was refused (path -> why): shown by /readyz and a gauge until a
+        # later edit of the same file applies.
+        self.refused_policies: dict[str, PolicyError] = {}
+        files = moderator.policy_files  # None: policies given as objects, nothing to watch
+        self.reload_every_s = files.interval_s if files is not None else 0.0  # the scorer checks them this often
 
     # -- the loop (consumer thread) -------------------------------------------------------------------
 
@@ -119,7 +127,12 @@ class Worker:
         kafka = self.settings.kafka
         self.consumer.subscribe([kafka.input_topic], listener=_Rebalance(self))
         stages = [
-            threading.Thread(target=self._stage, args=(self._to_score, self._score), name="scorer", daemon=True),
+            threading.Thread(
+                target=self._stage,
+                args=(self._to_score, self._score, self._reload_policies),
+                name="scorer",
+                daemon=True,
+            ),
             threading.Thread(target=self._stage, args=(self._to_deliver, self._deliver), name="delivery", daemon=True),
         ]
         for stage in stages:
@@ -138,7 +151,7 @@ class Worker:
             self._to_score.put(_STOP)
             for stage in stages:  # once given up on, a stage may sit in a database or broker call: leave it
                 stage.join(timeout=self.drain_timeout_s if drained else 1.0)
-            self._loaders.shutdown(wait=False, cancel_futures=True)
+            self._loaders.shutdown()
         if self._fatal is not None:
             raise WorkerCrashed(f"{type(self._fatal).__name__}: {self._fatal}") from self._fatal
         if not drained:
@@ -202,7 +215,8 @@ class Worker:
             started = time.perf_counter()
             try:
                 offsets = self._offsets(batch, result)
-                if not result.offsets_committed:  # else the batch's Kafka transaction carried them
+                # Else the batch's Kafka transaction carried them, or it was fenced and is not ours to commit.
+                if not (result.offsets_committed or result.fenced):
                     self.consumer.commit(offsets)
             except KafkaError as exc:
                 self._commit_failed(exc)
@@ -222,16 +236,40 @@ class Worker:
         return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in result.offsets.items()}
 
     def _update_lag(self) -> None:
-        """Per partition: the highwater the last fetch reported minus what this member has committed."""
+        """Per partition: the end offset the last fetch reported minus the group's committed offset."""
         if time.monotonic() - self._lag_updated_at < self.lag_every_s:
             return
         self._lag_updated_at = time.monotonic()
-        for tp in self.consumer.assignment():
+        assignment = self.consumer.assignment()
+        # A rebalance can leave series behind (a refresh between the revoke and the new assignment still
+        # sees the old one): a partition this member no longer owns is reported by its new owner.
+        for tp in self._lag_reported - assignment:
+            self.metrics.forget_partition(tp.topic, tp.partition)
+        self._lag_reported &= assignment
+        for tp in assignment:
             highwater = self.consumer.highwater(tp)
             if highwater is None:  # nothing fetched from it yet
                 continue
-            committed = self._committed_offsets.get(tp, 0)
+            committed = self._committed_offsets.get(tp)
+            if committed is None:
+                committed = self._group_committed(tp)
+                if committed is None:
+                    continue
+                self._committed_offsets[tp] = committed
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed))
+            self._lag_reported.add(tp)
+
+    def _group_committed(self, tp: TopicPartition) -> int | None:
+        """Where the group stands on a partition this member has not committed on yet (after a restart or a
+        rebalance): its committed offset, or the partition's start if the group never committed there."""
+        try:
+            committed = self.consumer.committed(tp, timeout_ms=LAG_LOOKUP_TIMEOUT_MS)
+            if committed is None:
+                committed = self.consumer.beginning_offsets([tp], timeout_ms=LAG_LOOKUP_TIMEOUT_MS).get(tp)
+        except KafkaError as exc:  # the coordinator is busy or away: try again at the next refresh
+            log.debug("committed offset unknown for now", partition=f"{tp.topic}/{tp.partition}", error=str(exc))
+            return None
+        return committed
 
     def _commit_failed(self, exc: KafkaError) -> None:
         self.metrics.errors.labels(type(exc).__name__).inc()
@@ -244,8 +282,12 @@ class Worker:
 
     def _committed(self, batch: Batch, result: BatchResult, commit_s: float) -> None:
         self._in_flight -= 1
-        self._committed_offsets.update(result.offsets)
         self.metrics.batches_in_flight.set(self._in_flight)
+        if result.fenced:  # nothing of it was committed: the new owner redelivers, commits and counts it
+            self.metrics.batches_fenced.inc()
+            log.info("batch fenced, left to the partitions' new owner", batch=batch.number, records=result.records)
+            return
+        self._committed_offsets.update(result.offsets)
         self.metrics.batch_committed(result, commit_s)
         self.totals.add(result)
         self.on_step(STEP_COMMITTED, result)
@@ -281,15 +323,18 @@ class Worker:
             started = time.perf_counter()
             try:
                 offsets = self._offsets(batch, result)
-                if not result.offsets_committed:
+                if not (result.offsets_committed or result.fenced):
                     await self.consumer.commit_async(offsets)
             except KafkaError as exc:
                 self._commit_failed(exc)
             self._committed(batch, result, time.perf_counter() - started)
         self.assigned_partitions = 0
-        self._committed_offsets: dict[TopicPartition, int] = {}
+        self._committed_offsets = {}
         self._lag_updated_at = 0.0
         self.metrics.assigned_partitions.set(0)
+        for tp in revoked:  # another member reports these now: a stale series would double-count the lag
+            self.metrics.forget_partition(tp.topic, tp.partition)
+        self._lag_reported -= set(revoked)
         log.info("partitions revoked", partitions=len(revoked), unfinished_batches=self._in_flight)
 
     # -- stages (their own threads) -----------------------------------------------------------------
@@ -306,40 +351,58 @@ class Worker:
             with structlog.contextvars.bound_contextvars(event_id=event.event_id, content_id=event.content_id):
                 return Prepared(record, event, self.moderator.load_one(event), None)
 
-    def _stage(self, inbox: queue.Queue[object], work: object) -> None:
+    def _stage(self, inbox: queue.Queue[object], work: object, idle: Callable[[], None] | None = None) -> None:
+        """One stage's thread: `work` on each item, and `idle` whenever no item came for a reload interval
+        (so an idle worker still notices policy edits)."""
+        idle_every_s = self.reload_every_s if idle is not None and self.reload_every_s > 0 else None
         while True:
-            item = inbox.get()
+            try:
+                item = inbox.get(timeout=idle_every_s)
+            except queue.Empty:
+                if not self._abandon.is_set():
+                    self._run_guarded(idle)
+                continue
             if item is _STOP:
                 if inbox is self._to_score:
                     self._to_deliver.put(_STOP)  # pass the stop on once everything before it is scored
                 return
             if self._abandon.is_set():
                 continue
-            try:
-                work(item)  # type: ignore[operator]
-            except BaseException as exc:  # noqa: BLE001 - any surprise here must stop the worker, not hang it
-                log.error("pipeline stage failed", stage=threading.current_thread().name, error=repr(exc))
-                self.metrics.errors.labels(type(exc).__name__).inc()
-                self._fatal = exc
-                self._abandon.set()
+            self._run_guarded(work, item)
+
+    def _run_guarded(self, work: object, *args: object) -> None:
+        try:
+            work(*args)  # type: ignore[operator]
+        except BaseException as exc:  # noqa: BLE001 - any surprise here must stop the worker, not hang it
+            log.error("pipeline stage failed", stage=threading.current_thread().name, error=repr(exc))
+            self.metrics.errors.labels(type(exc).__name__).inc()
+            self._fatal = exc
+            self._abandon.set()
 
     def _reload_policies(self) -> None:
-        """Between batches: apply edited policy files; a broken edit is refused and logged, the last good
-        version stays in force."""
+        """On the scorer thread, before each batch and while idle: apply edited policy files; a broken edit
+        is refused and logged, the last good version stays in force."""
         report = self.moderator.refresh_policies()
         for policy in report.applied:
+            self.refused_policies.pop(policy.path, None)
             self.metrics.policy_reloads.labels("applied").inc()
             log.info(
                 "policy reloaded", policy=policy.path, policy_version=policy.version, policy_hash=policy.sha256[:12]
             )
         for error in report.refused:
+            self.refused_policies[error.path] = error
             self.metrics.policy_reloads.labels("refused").inc()
             log.error(
                 "policy edit refused, the last good version stays in force",
                 policy=error.path, problems=[f"{field}: {problem}" for field, problem in error.problems],
             )
+        for path in report.restored:
+            if self.refused_policies.pop(path, None) is not None:
+                log.info("policy file restored to the version in force", policy=path)
         if report.applied:
             self.metrics.policies_in_force(self.moderator.policies)
+        if report:
+            self.metrics.policy_files_refused.set(len(self.refused_policies))
 
     def _score(self, batch: Batch) -> None:
         self._reload_policies()

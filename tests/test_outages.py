@@ -23,7 +23,7 @@ from consumers.broker import EmbeddedBroker, free_port
 from consumers.clients import make_consumer, make_producer
 from consumers.delivery import STEP_PERSISTED, BatchResult
 from consumers.messages import header
-from consumers.service import build_moderator, start_ops_server
+from consumers.service import build_moderator, serve_running_worker
 from consumers.worker import Worker
 from moderation.settings import OpsSettings
 from moderation.storage import VerdictStore, create_engine_for, upgrade
@@ -114,7 +114,7 @@ def test_database_outage_holds_offsets_keeps_the_member_and_recovers_by_itself(
         first = env.produce(colour_events(tmp_path / "before", 16))
         worker = new_worker(env, build_moderator(env.settings), store)
         revocations = count_revocations(worker)
-        ops = start_ops_server(env.settings, worker, store)
+        ops = serve_running_worker(env.settings, worker, store)
         try:
             with running(worker) as errors:
                 wait_for(lambda: committed_total(env.settings) >= first, 90, "the first events to be committed")

@@ -119,7 +119,7 @@ def test_a_policy_edited_under_a_running_worker_applies_to_later_batches(
     assert metric(worker, "moderation_policy_reloads_total", result="refused") == 1
     assert metric(worker, "moderation_policy_info", version="v2", sha256=files.book.default.sha256) == 1
     v2 = {"role": "default", "source": "", "version": "v2", "sha256": files.book.default.sha256}
-    assert metric(worker, "moderation_policies", **v2) == 1
+    assert metric(worker, "moderation_policies_info", **v2) == 1
     assert sum(1 for m in worker.metrics.policies.collect() for _ in m.samples) == 1  # v1 is gone
     store.engine.dispose()
 

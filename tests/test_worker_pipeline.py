@@ -81,7 +81,7 @@ def test_a_full_pipeline_pauses_partitions_and_loses_nothing(
 def total_lag(worker: Any) -> float:
     """The sum of the worker's exported consumer-lag gauge over its partitions."""
     families = worker.metrics.registry.collect()
-    return sum(s.value for f in families if f.name == "moderation_consumer_lag" for s in f.samples)
+    return sum(s.value for f in families if f.name == "moderation_consumer_lag_records" for s in f.samples)
 
 
 class FlakyStore(VerdictStore):
