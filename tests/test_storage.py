@@ -128,12 +128,12 @@ def test_migrated_schema_matches_the_models(migrated_url: str) -> None:
 def test_upgrade_twice_is_a_no_op_and_reports_the_head(database_url: str) -> None:
     assert current_revision(database_url) is None
     upgrade(database_url)
-    assert current_revision(database_url) == head_revision() == "0002"
+    assert current_revision(database_url) == head_revision() == "0003"
     engine = create_engine_for(database_url)
     try:
         VerdictStore(engine).save_batch([make_verdict("e1")])
         upgrade(database_url)
-        assert current_revision(database_url) == "0002"
+        assert current_revision(database_url) == "0003"
         assert VerdictStore(engine).count() == 1
     finally:
         engine.dispose()
@@ -158,7 +158,7 @@ def test_alembic_cli_takes_the_url_from_the_environment(database_url: str, tmp_p
         check=True,
         capture_output=True,
     )
-    assert current_revision(database_url) == "0002"
+    assert current_revision(database_url) == "0003"
 
 
 def test_alembic_config_points_at_the_shipped_scripts() -> None:
@@ -308,7 +308,7 @@ def test_postgresql_urls_use_psycopg_3(scheme: str) -> None:
 
 
 def test_sqlite_engine_creates_the_directory_and_uses_wal(tmp_path: Path) -> None:
-    database = tmp_path / "not" / "there" / "yet" / "verdicts.db"
+    database = tmp_path / "not-there-yet" / "verdicts.db"
     engine = create_engine_for(f"sqlite:///{database}")
     try:
         assert database.parent.is_dir()
@@ -318,6 +318,13 @@ def test_sqlite_engine_creates_the_directory_and_uses_wal(tmp_path: Path) -> Non
         assert database.is_file()
     finally:
         engine.dispose()
+
+
+def test_a_missing_directory_tree_is_refused_not_created(tmp_path: Path) -> None:
+    database = tmp_path / "typo" / "state" / "verdicts.db"  # one level is created (like data/), not two
+    with pytest.raises(StorageError, match="does not exist"):
+        create_engine_for(f"sqlite:///{database}")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_an_impossible_sqlite_directory_is_a_storage_error(tmp_path: Path) -> None:

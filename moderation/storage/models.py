@@ -1,7 +1,7 @@
 """The tables: `verdicts` (one row per image event, the durable record of every decision we made), and
 beside it `embeddings` (one per image content and model, for backtests and duplicate reuse),
 `shadow_verdicts` (what candidate policies would have decided) and `review_outcomes` (what reviewers
-decided about flagged items).
+decided about flagged items), `review_publications` (which verdicts' review messages were published).
 
 The schema is declared here once, for the store's queries and as Alembic's `target_metadata`; the
 migrations in `migrations/versions/` create it and must stay in step with it (a test compares them).
@@ -188,8 +188,23 @@ class ReviewOutcomeRow(Base):
     __table_args__ = (CheckConstraint("outcome IN ('confirmed', 'overturned')", name="outcome"),)
 
 
+class ReviewPublicationRow(Base):
+    """A verdict whose review message was published and acknowledged by the brokers (flushed).
+
+    A repeat of the event (a re-send with the same event_id, or a conflicting one) finds it here and
+    publishes nothing more, so a second review message happens only in the crash window between the
+    publish and this row. Kept apart from `verdicts` so recording it never rewrites a verdict row.
+    """
+
+    __tablename__ = "review_publications"
+
+    event_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+
 # The Core tables, for bulk statements that need no ORM identity tracking.
 verdicts_table: Table = Base.metadata.tables["verdicts"]
 embeddings_table: Table = Base.metadata.tables["embeddings"]
 shadow_verdicts_table: Table = Base.metadata.tables["shadow_verdicts"]
 review_outcomes_table: Table = Base.metadata.tables["review_outcomes"]
+review_publications_table: Table = Base.metadata.tables["review_publications"]

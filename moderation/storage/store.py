@@ -24,7 +24,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from moderation.exceptions import ConfigurationError, ModerationError
-from moderation.storage.models import embeddings_table, shadow_verdicts_table, verdicts_table
+from moderation.storage.models import (
+    embeddings_table,
+    review_publications_table,
+    shadow_verdicts_table,
+    verdicts_table,
+)
 from moderation.verdict import ShadowVerdict, Verdict, VerdictStatus
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000  # wait this long for another writer instead of failing at once
@@ -91,8 +96,15 @@ def _create_sqlite_directory(url: URL) -> None:
     if database in ("", ":memory:") or database.startswith("file:") or url.query.get("uri"):
         return
     directory = Path(database).parent
+    # One level only, like the default `data/`: a missing tree above it is more likely a mistyped URL
+    # than a wish, and creating it would scatter directories wherever the typo points.
+    if not directory.parent.is_dir():
+        raise StorageError(
+            f"the SQLite directory {str(directory)!r} does not exist, nor does {str(directory.parent)!r}: "
+            "create it first or correct the database URL"
+        )
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create the SQLite directory {str(directory)!r}: {exc}") from exc
 
@@ -278,6 +290,28 @@ class VerdictStore:
         if missing:  # cannot happen unless something deletes rows under us; never return a partial answer
             raise StorageError(f"verdicts missing right after saving them: {missing[:5]}")
         return [stored[verdict.event_id] for verdict in verdicts]
+
+    def reviews_published(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of `event_ids` already had their review message published and acknowledged."""
+        table = review_publications_table
+        found: set[str] = set()
+        try:
+            with self._engine.connect() as conn:
+                for id_chunk in _chunks(list(dict.fromkeys(event_ids)), self._max_parameters):
+                    found.update(conn.execute(select(table.c.event_id).where(table.c.event_id.in_(id_chunk))).scalars())
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not read review publications: {_describe(exc)}") from exc
+        return found
+
+    def mark_reviews_published(self, event_ids: Sequence[str]) -> None:
+        """Record that these verdicts' review messages were acknowledged by the brokers (idempotent)."""
+        rows = [{"event_id": event_id} for event_id in dict.fromkeys(event_ids)]
+        try:
+            with self._engine.begin() as conn:
+                table = review_publications_table
+                self._insert_ignoring_repeats(conn, table, rows, [table.c.event_id])
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not record {len(rows)} review publications: {_describe(exc)}") from exc
 
     def get(self, event_id: str) -> Verdict | None:
         """The verdict stored for `event_id`, or None."""
