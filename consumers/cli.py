@@ -59,9 +59,15 @@ def _cmd_embeddings_prune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from moderation.storage.migrate import current_revision, upgrade
+    from moderation.storage.migrate import SchemaNewerThanCode, current_revision, upgrade
 
-    upgrade(settings.database_url, args.revision)
+    try:
+        upgrade(settings.database_url, args.revision)
+    except SchemaNewerThanCode as newer:
+        if not newer.compatible:
+            raise
+        print(f"{mask_url(settings.database_url)}: {newer}")  # a rollback of the code: the schema stays
+        return ExitCode.OK
     print(f"{mask_url(settings.database_url)}: schema at revision {current_revision(settings.database_url)}")
     return ExitCode.OK
 
@@ -115,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
-    migrate.add_argument("--revision", default="head", help="target revision (default: head)")
+    migrate.add_argument(
+        "--revision", default="head", help="target revision (default: head); an older one downgrades the schema"
+    )
     migrate.set_defaults(handler=_cmd_migrate)
 
     policy = commands.add_parser("policy", help="policy files")

@@ -27,7 +27,7 @@ from moderation.exceptions import EventError
 from moderation.outcomes import ReviewOutcome, parse_outcome
 from moderation.settings import Settings
 from moderation.storage import StorageError, create_engine_for
-from moderation.storage.migrate import require_head
+from moderation.storage.migrate import require_compatible
 from moderation.storage.outcomes import OutcomeStore
 
 log = structlog.get_logger("moderation.outcomes")
@@ -171,7 +171,7 @@ class OutcomeConsumer:
 
 def open_outcome_store(settings: Settings) -> OutcomeStore:
     """Connect and check the schema is migrated (review_outcomes arrived in revision 0002)."""
-    require_head(settings.database_url)
+    require_compatible(settings.database_url)
     return OutcomeStore(create_engine_for(settings.database_url))
 
 

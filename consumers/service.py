@@ -20,7 +20,7 @@ from moderation.reuse import EmbeddingCache, GuardedLookup
 from moderation.scorer import ClipScorer
 from moderation.settings import Settings
 from moderation.storage import EmbeddingStore, VerdictStore, create_engine_for
-from moderation.storage.migrate import require_head
+from moderation.storage.migrate import require_compatible
 
 log = structlog.get_logger("moderation.service")
 
@@ -58,7 +58,7 @@ def build_moderator(settings: Settings, model: str | None = None, store: Verdict
 
 def open_store(settings: Settings) -> VerdictStore:
     """Connect and check the schema is one this release can run on: the worker never creates tables."""
-    require_head(settings.database_url)
+    require_compatible(settings.database_url)
     store = VerdictStore(create_engine_for(settings.database_url))
     store.ping()
     return store

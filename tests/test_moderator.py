@@ -106,8 +106,9 @@ def scorer() -> FakeScorer:
 
 
 @pytest.fixture
-def moderator(scorer: FakeScorer) -> Iterator[Moderator]:
-    moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=3)
+def moderator(scorer: FakeScorer, tmp_path: Path) -> Iterator[Moderator]:
+    # Tests write their file:// images under tmp_path, the root that file:// reads need.
+    moderator = Moderator(scorer, POLICY, ImageSettings(file_root=tmp_path), loader_threads=3)
     try:
         yield moderator
     finally:

@@ -12,8 +12,10 @@ alembic.ini, which is only for developers using the alembic CLI, is never read h
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -24,6 +26,8 @@ from sqlalchemy.exc import SQLAlchemyError
 import moderation
 from moderation.exceptions import ConfigurationError
 from moderation.storage.store import StorageError, create_engine_for, normalise_url
+
+log = logging.getLogger(__name__)
 
 
 def script_location() -> Path:
@@ -58,8 +62,21 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at `url` up to `revision`; a database already there is left untouched."""
+    """Bring the database at `url` to `revision` (up, or down to an older one); one already there is left
+    untouched.
+
+    A database a newer release migrated (a revision these scripts do not know) raises
+    `SchemaNewerThanCode`, saying whether this release may run on it, instead of Alembic's
+    "Can't locate revision".
+    """
+    current, known = current_revision(url), known_revisions()
+    if current is not None and current not in known:
+        raise newer_schema(url, current)
     try:
+        if current is not None and revision in known and known.index(revision) < known.index(current):
+            # An older target is a downgrade: how the schema goes back before a rollback of the code.
+            command.downgrade(alembic_config(url), revision)
+            return
         command.upgrade(alembic_config(url), revision)
     except (SQLAlchemyError, CommandError) as exc:
         raise StorageError(f"migration to {revision!r} failed: {exc}") from exc
@@ -82,10 +99,90 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_scripts_config()).get_current_head()
 
 
-def require_head(url: str) -> None:
-    """Raise ConfigurationError unless the schema is at the head revision: services never create tables."""
-    current, head = current_revision(url), head_revision()
-    if current != head:
-        raise ConfigurationError(
-            f"database schema is at revision {current or 'none'}, expected {head}: run `moderation migrate` first"
+class SchemaNewerThanCode(ConfigurationError):
+    """The database was migrated by a newer release: its revision is unknown to these scripts."""
+
+    def __init__(self, message: str, *, revision: str, compatible: bool) -> None:
+        super().__init__(message)
+        self.revision = revision
+        self.compatible = compatible
+
+
+def known_revisions() -> list[str]:
+    """The revisions these scripts know, oldest first."""
+    scripts = ScriptDirectory.from_config(_scripts_config())
+    return [script.revision for script in reversed(list(scripts.walk_revisions()))]
+
+
+def declare_compatibility(revision: str, compatible_with: str) -> None:
+    """Called from a migration's upgrade(): code at `compatible_with` or later runs on this schema.
+
+    The record lives in the database (table `schema_compatibility`), because the code that must read it
+    is the OLDER release, which does not have the newer migration file: a rollback of the workers to it
+    then starts when the newer schema says it may (an additive change: a new table, a nullable column),
+    and refuses with one clear line otherwise. `compatible_with` is cumulative: the oldest code revision
+    that can run on the schema at `revision`, never older than the previous migration's.
+    """
+    from alembic import op
+
+    table = sa.table("schema_compatibility", sa.column("revision", sa.String), sa.column("compatible_with", sa.String))
+    op.execute(table.delete().where(table.c.revision == revision))
+    op.bulk_insert(table, [{"revision": revision, "compatible_with": compatible_with}])
+
+
+def recorded_compatibility(url: str, revision: str) -> str | None:
+    """The oldest code revision the database says can run on its schema at `revision`, if it says."""
+    engine = create_engine_for(url)
+    try:
+        with engine.connect() as conn:
+            if "schema_compatibility" not in sa.inspect(conn).get_table_names():
+                return None
+            table = sa.table("schema_compatibility", sa.column("revision"), sa.column("compatible_with"))
+            row = conn.execute(sa.select(table.c.compatible_with).where(table.c.revision == revision)).first()
+            return str(row[0]) if row is not None else None
+    except SQLAlchemyError as exc:
+        raise StorageError(f"could not read the schema compatibility: {exc}") from exc
+    finally:
+        engine.dispose()
+
+
+def newer_schema(url: str, current: str) -> SchemaNewerThanCode:
+    """Why this release can or cannot run on a schema a newer release migrated to `current`."""
+    known, head = known_revisions(), head_revision()
+    oldest = recorded_compatibility(url, current)
+    compatible = (
+        oldest is not None and oldest in known and head is not None and known.index(oldest) <= known.index(head)
+    )
+    if compatible:
+        message = (
+            f"database schema is at revision {current}, from a newer release; it is marked compatible with "
+            f"revision {oldest} and later, and this release is at {head}: nothing to do"
         )
+    else:
+        why = f"it needs code at revision {oldest} or later" if oldest else "it records no compatibility"
+        message = (
+            f"database schema is at revision {current}, from a newer release, and this release (at {head}) cannot "
+            f"run on it: {why}. Roll the workers forward, or first downgrade the schema with the newer "
+            f"release: `moderation migrate --revision {head}`"
+        )
+    return SchemaNewerThanCode(message, revision=current, compatible=compatible)
+
+
+def require_compatible(url: str) -> None:
+    """Raise ConfigurationError unless this release can run on the schema: services never create tables.
+
+    It can on its own head, and on a newer schema whose migration marked it compatible (see
+    `declare_compatibility`); an older schema needs `moderation migrate` first.
+    """
+    current, head = current_revision(url), head_revision()
+    if current == head:
+        return
+    if current is not None and current not in known_revisions():
+        problem = newer_schema(url, current)
+        if not problem.compatible:
+            raise problem
+        log.warning("running on schema revision %s, newer than this release's %s and marked compatible", current, head)
+        return
+    raise ConfigurationError(
+        f"database schema is at revision {current or 'none'}, expected {head}: run `moderation migrate` first"
+    )

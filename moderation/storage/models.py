@@ -202,6 +202,18 @@ class ReviewPublicationRow(Base):
     published_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
 
 
+class SchemaCompatibilityRow(Base):
+    """Per schema revision, the oldest code revision that can run on it (see storage/migrate.py).
+
+    Written by each migration, read by releases older than the schema, which lack its migration file.
+    """
+
+    __tablename__ = "schema_compatibility"
+
+    revision: Mapped[str] = mapped_column(String(32), primary_key=True)
+    compatible_with: Mapped[str] = mapped_column(String(32), nullable=False)
+
+
 # The Core tables, for bulk statements that need no ORM identity tracking.
 verdicts_table: Table = Base.metadata.tables["verdicts"]
 embeddings_table: Table = Base.metadata.tables["embeddings"]
