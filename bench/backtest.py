@@ -34,10 +34,10 @@ from common import CACHE, POLICY, RESULTS, machine_info, policy_prompts, say  # 
 from models import build_random_clip  # noqa: E402
 
 from moderation.backtest import backtest  # noqa: E402
+from moderation.category_scores import score_embeddings  # noqa: E402
+from moderation.clip_scorer import ClipScorer  # noqa: E402
 from moderation.decision import decide_many  # noqa: E402
 from moderation.policy import LoadedPolicy, load_policy, parse_policy  # noqa: E402
-from moderation.scorer import ClipScorer  # noqa: E402
-from moderation.scoring import score_embeddings  # noqa: E402
 from moderation.storage import EmbeddingStore, create_engine_for, upgrade  # noqa: E402
 
 DIM = 512

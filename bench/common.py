@@ -222,7 +222,7 @@ def supports_cpu_mode() -> bool:
     """Whether `ClipScorer.load` takes `cpu_mode` (int8 dynamic quantisation), checked, not assumed."""
     import inspect
 
-    from moderation.scorer import ClipScorer
+    from moderation.clip_scorer import ClipScorer
 
     return "cpu_mode" in inspect.signature(ClipScorer.load).parameters
 

@@ -29,10 +29,10 @@ from common import CACHE, POLICY, RESULTS, ensure_images, machine_info, parse_si
 from measures import file_events  # noqa: E402
 from models import build_random_clip  # noqa: E402
 
+from moderation.clip_scorer import ClipScorer  # noqa: E402
 from moderation.moderator import Moderator  # noqa: E402
 from moderation.policy import load_policy  # noqa: E402
 from moderation.reuse import EmbeddingCache  # noqa: E402
-from moderation.scorer import ClipScorer  # noqa: E402
 from moderation.settings import ImageSettings  # noqa: E402
 
 BATCH = 32

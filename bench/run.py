@@ -98,7 +98,7 @@ def _int8_moderator(model: str, bootstrap: str, workdir: Path, batch: int) -> tu
     if not supports_cpu_mode():
         return None, {"supported": False, "why": "ClipScorer.load has no cpu_mode parameter in this checkout"}
     from consumers.service import build_moderator
-    from moderation.scorer import ClipScorer
+    from moderation.clip_scorer import ClipScorer
 
     settings = bench_settings(bootstrap=bootstrap, data_dir=workdir, model=model, batch=batch, cpu_mode="int8")
     moderator = build_moderator(settings)

@@ -21,8 +21,8 @@ from moderation.exceptions import ModerationError, PolicyError
 from moderation.settings import Settings
 
 if TYPE_CHECKING:
+    from moderation.clip_scorer import ClipScorer
     from moderation.policy import LoadedPolicy
-    from moderation.scorer import ClipScorer
     from moderation.storage.embeddings import ModelCoverage
     from moderation.tuning import LabelledItem
 
@@ -35,7 +35,7 @@ class _LazyScorer:
 
     def get(self) -> Any:
         if self._scorer is None:
-            from moderation.scorer import ClipScorer
+            from moderation.clip_scorer import ClipScorer
 
             self._scorer = ClipScorer.from_settings(self._settings.model, self._model)
         return self._scorer

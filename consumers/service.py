@@ -13,11 +13,11 @@ from consumers.metrics import WorkerMetrics
 from consumers.ops import CachedCheck, Check, OpsServer
 from consumers.signals import install_stop_signals  # noqa: F401 - re-exported for callers
 from consumers.worker import BatchResult, Worker
+from moderation.clip_scorer import ClipScorer
 from moderation.exceptions import ConfigurationError
 from moderation.moderator import Moderator
 from moderation.policy_book import PolicyFiles
 from moderation.reuse import EmbeddingCache, GuardedLookup
-from moderation.scorer import ClipScorer
 from moderation.settings import Settings
 from moderation.storage import EmbeddingStore, VerdictStore, create_engine_for
 from moderation.storage.migrate import require_compatible
@@ -107,7 +107,7 @@ class WorkerHealth:
             return True, f"{count} partitions assigned" if count else "standby: no partitions assigned"
 
         scorer = worker.moderator.scorer
-        model = f"{getattr(scorer, 'model_name', scorer.model_id)} ({scorer.model_id})"
+        model = f"{scorer.model_name} ({scorer.model_id})"
 
         def policy() -> tuple[bool, str]:
             default = worker.moderator.policy  # read each time: reloads swap it
@@ -176,9 +176,9 @@ def describe(metrics: WorkerMetrics, moderator: Moderator) -> None:
     scorer = moderator.scorer
     metrics.model.info({
         "model": scorer.model_id,
-        "name": str(getattr(scorer, "model_name", scorer.model_id)),  # what it was loaded by: a path or hub id
-        "device": str(getattr(scorer, "device", "")),
-        "precision": str(getattr(scorer, "precision", "")),
+        "name": scorer.model_name,  # what it was loaded by: a path or hub id
+        "device": str(scorer.device),
+        "precision": scorer.precision,
     })
     metrics.policies_in_force(moderator.policies)
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from moderation.category_scores import PolicyText, score_embeddings
 from moderation.decision import decide_many
 from moderation.policy import LoadedPolicy
-from moderation.scoring import PolicyText, score_embeddings
 from moderation.storage.embeddings import EmbeddingChunk
 from moderation.storage.shadows import ShadowChunk
 

@@ -2,7 +2,7 @@
 
 Models load only from a local directory or the local Hugging Face cache (hub ids are resolved on the
 filesystem, then loaded with `local_files_only=True`): a moderation worker must never stall on, or
-depend on, a download at startup. Split from moderation/scorer.py, which does the scoring.
+depend on, a download at startup. Split from moderation/clip_scorer.py, which does the scoring.
 
 A checkpoint's *identity* (`checkpoint_id`) is a hash of the files that decide its image embeddings,
 not the name it was loaded by: stored embeddings are keyed by it, so a symlink, a copy, another mount

@@ -10,6 +10,9 @@ torchvision is optional and imported lazily, inside functions only: the PyPI whe
 beside every torch build (it does not beside torch 2.13.0+cpu here), and a broken install must only
 turn this path off, never break the worker. `pixels_from_uint8` needs no torchvision and runs on any
 device, which is how the CPU-only test suite checks the GPU math.
+
+This module only decodes; which JPEGs come here, and what happens to those it refuses, is decided in
+moderation/decoding.py.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
@@ -44,6 +48,23 @@ def gpu_decode_available(device: torch.device | str) -> bool:
     """Whether JPEGs can be decoded on `device`: a CUDA device, CUDA present, torchvision importable."""
     device = torch.device(device)
     return device.type == "cuda" and torch.cuda.is_available() and _torchvision_decoder() is not None
+
+
+@dataclass(frozen=True)
+class GpuJpegDecoder:
+    """nvjpeg on `device`, preprocessing to `spec`: the `JpegDecoder` (moderation/contracts.py) of a CUDA
+    scorer. Made by `gpu_decoder`, which gives None where GPU decode is unavailable."""
+
+    spec: PreprocessSpec
+    device: torch.device
+
+    def decode_jpegs(self, datas: Sequence[bytes], orientations: Sequence[int]) -> list[torch.Tensor | None]:
+        return decode_jpegs(datas, self.spec, self.device, orientations)
+
+
+def gpu_decoder(spec: PreprocessSpec, device: torch.device) -> GpuJpegDecoder | None:
+    """The GPU JPEG decoder for `device`, or None when `gpu_decode_available` says there is none."""
+    return GpuJpegDecoder(spec, device) if gpu_decode_available(device) else None
 
 
 def decode_jpegs(

@@ -9,7 +9,8 @@ Fetching the bytes (and the SSRF guard) lives in `moderation.fetch`.
 
 Given the model's `PreprocessSpec`, loading also produces the model input (`LoadedImage.pixels`):
 JPEGs are decoded at a reduced DCT scale and the picture is resized, cropped and normalised here, in
-the loader threads, so that work overlaps the forward pass instead of running before it.
+the loader threads, so that work overlaps the forward pass instead of running before it. This is the
+CPU decoder; whether a JPEG is decoded here or left for a GPU decode is moderation/decoding.py's call.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import TYPE_CHECKING
@@ -103,7 +105,8 @@ class _BudgetedBytes(BytesIO):
 @dataclass(frozen=True)
 class LoadedImage:
     # RGB, EXIF orientation applied, when loaded without a spec. None with a spec (`pixels` are what
-    # the model takes), or when decoding is left to the GPU (`encoded` and `orientation` are set then).
+    # the model takes), or when decoding is left to the GPU (`encoded` and `orientation` are set then,
+    # by moderation/decoding.py).
     image: Image.Image | None
     sha256: str  # of the encoded bytes: identifies the same upload seen twice
     nbytes: int
@@ -113,24 +116,18 @@ class LoadedImage:
     orientation: int = 1
 
 
-def load_image(
-    event: ImageEvent, limits: ImageSettings, spec: PreprocessSpec | None = None, *, defer_jpeg: bool = False
-) -> LoadedImage:
+def load_image(event: ImageEvent, limits: ImageSettings, spec: PreprocessSpec | None = None) -> LoadedImage:
     """Fetch and decode the image of one event, or raise `ImageLoadError`.
 
     With `spec`, JPEGs decode at the smallest DCT scale that keeps the model's resolution and the
     result is the model input (`pixels`, no `image`): a worker's loader threads do all the preprocessing.
-    With `defer_jpeg`, a JPEG the GPU can decode (RGB or greyscale, within the pixel limit) is checked
-    from its header only and returned undecoded (`encoded`), for a batched GPU decode.
     """
     started = time.perf_counter()
-    loaded = load_bytes(fetch_bytes(event, limits), limits, spec, defer_jpeg=defer_jpeg)
+    loaded = load_bytes(fetch_bytes(event, limits), limits, spec)
     return replace(loaded, load_ms=(time.perf_counter() - started) * 1000.0)
 
 
-def load_bytes(
-    data: bytes, limits: ImageSettings, spec: PreprocessSpec | None = None, *, defer_jpeg: bool = False
-) -> LoadedImage:
+def load_bytes(data: bytes, limits: ImageSettings, spec: PreprocessSpec | None = None) -> LoadedImage:
     """`load_image` for bytes already fetched (`load_ms` counts the decoding only).
 
     The decode time budget (`limits.decode_timeout_s`) covers opening, decoding, orientation, colour
@@ -144,11 +141,6 @@ def load_bytes(
     started = time.perf_counter()
     deadline = time.monotonic() + limits.decode_timeout_s
     sha256 = hashlib.sha256(data).hexdigest()
-    if defer_jpeg:
-        orientation = _gpu_decodable_jpeg(data, limits)
-        if orientation is not None:
-            elapsed = (time.perf_counter() - started) * 1000.0
-            return LoadedImage(None, sha256, len(data), elapsed, encoded=data, orientation=orientation)
     image, source_size = _decode(data, limits, spec, deadline)
     if spec is None:
         _check_budget(started, limits)
@@ -168,28 +160,6 @@ def _check_budget(started: float, limits: ImageSettings) -> None:
     if elapsed > limits.decode_timeout_s:
         budget = limits.decode_timeout_s
         raise ImageLoadError(REASON_DECODE_TIMEOUT, f"took {elapsed:.2f} s, over images.decode_timeout_s={budget}")
-
-
-def _gpu_decodable_jpeg(data: bytes, limits: ImageSettings) -> int | None:
-    """The EXIF orientation of a JPEG nvjpeg can decode as is, from its header; None for anything else.
-
-    Anything else - other formats, CMYK JPEGs, oversized, unreadable or scan-heavy headers - goes the
-    CPU way, which also produces the right error for it.
-    """
-    if "JPEG" not in limits.allowed_formats:
-        return None
-    try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(BytesIO(data), formats=["JPEG"])
-        if image.mode not in ("RGB", "L") or image.width * image.height > limits.max_pixels:
-            return None
-        if _jpeg_scans(image, data) > MAX_JPEG_SCANS:
-            return None
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # noqa: BLE001 - not for the GPU, whatever the reason: the CPU path will say why
-        return None
-    return orientation if orientation in range(1, 9) else 1
 
 
 def decode_image(data: bytes, max_pixels: int, draft_to: PreprocessSpec | None = None) -> Image.Image:
@@ -262,12 +232,20 @@ def _open_checked(source: _BudgetedBytes, data: bytes, limits: ImageSettings) ->
     if width * height > limits.max_pixels:
         limit = limits.max_pixels
         raise ImageLoadError(REASON_TOO_MANY_PIXELS, f"{width}x{height} is over the limit of {limit} pixels")
-    scans = _jpeg_scans(image, data)
+    scans = jpeg_scans(image, data)
     if scans > MAX_JPEG_SCANS:
         raise ImageLoadError(
             REASON_DECODE_TIMEOUT, f"progressive JPEG with {scans} scans (at most {MAX_JPEG_SCANS}): refused undecoded"
         )
     return image
+
+
+def read_header(data: bytes, formats: Sequence[str]) -> Image.Image:
+    """Open `data` as one of `formats`, parsing its header and decoding nothing, as every open here is:
+    serialised, with Pillow's own bomb warning silenced (the caller checks the pixel count)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(BytesIO(data), formats=list(formats))
 
 
 def _claimed_format(data: bytes, formats: tuple[str, ...]) -> str | None:
@@ -293,7 +271,7 @@ def _identify(source: _BudgetedBytes) -> str | None:
             return None
 
 
-def _jpeg_scans(image: Image.Image, data: bytes) -> int:
+def jpeg_scans(image: Image.Image, data: bytes) -> int:
     """Start-of-scan markers in a progressive JPEG (0 for anything else). 0xFF is byte-stuffed inside
     entropy-coded data, so every FF DA is a marker; those of an embedded thumbnail count too."""
     if image.format not in ("JPEG", "MPO") or not image.info.get("progressive"):

@@ -5,64 +5,44 @@ in the same order. An image that cannot be loaded (or scored) becomes an ``error
 reason; the rest of its batch is unaffected.
 
 The work comes in two halves so a pipelined worker can overlap them: `load_one` / `load` fetch, decode
-and preprocess (the model input is made here, in the loader threads, when the scorer exposes a
-`preprocess_spec`), and `score` runs the forward pass and the decisions. `moderate` is both in turn.
+and preprocess (the model input is made here, in the loader threads, to the scorer's `preprocess_spec`),
+and `score` runs the forward pass and the decisions. `moderate` is both in turn.
 
-With a CLIP scorer, scoring is two steps: embed each image once (or reuse the embedding of the same
-bytes seen before, see moderation/reuse.py), then score the embeddings under each policy that applies:
-the event's source's policy in force, and every shadow policy, whose verdicts are recorded but never
-acted on. The embeddings travel with the verdicts to storage, for backtests.
+This module only orchestrates; each step has its own module, in the order `score` runs them:
+
+1. moderation/decoding.py - the JPEGs left for the scorer's GPU decoder are decoded, the CPU takes the rest;
+2. moderation/embedding.py - each image is embedded once, or its embedding reused (moderation/reuse.py);
+3. moderation/policy_scoring.py - the embeddings are scored under each event's source's policy in force;
+4. moderation/shadows.py - and under every shadow policy, whose verdicts are recorded but never acted on;
+5. moderation/batch_verdicts.py - each event is decided and gets its verdict, embeddings attached for storage.
+
+The scorer is reached only through the `Scorer` contract (moderation/contracts.py).
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image
-
-from moderation.decision import decide
+from moderation.batch_verdicts import ScoredBatch, build_verdicts
+from moderation.contracts import Scorer
+from moderation.decoding import finish_deferred, load_event
+from moderation.embedding import embed_batch
 from moderation.events import ImageEvent
 from moderation.exceptions import ImageLoadError
-from moderation.images import REASON_DECODE_FAILED, LoadedImage, load_bytes, load_image
+from moderation.images import LoadedImage
 from moderation.policy import LoadedPolicy
 from moderation.policy_book import PolicyBook, PolicyFiles, ReloadReport
+from moderation.policy_scoring import score_by_source
 from moderation.reuse import EmbeddingCache
-from moderation.scoring import to_stored
 from moderation.settings import ImageSettings
-from moderation.verdict import ShadowVerdict, Verdict, VerdictStatus
+from moderation.shadows import shadow_verdicts
+from moderation.verdict import REASON_SCORE_FAILED as REASON_SCORE_FAILED  # every error reason a verdict can carry
+from moderation.verdict import LoadFailure, Verdict
 
-log = logging.getLogger(__name__)
-
-REASON_SCORE_FAILED = "score_failed"
 REASON_LOAD_FAILED = "load_failed"  # an unexpected error while loading, not one of images.py's reasons
-
-
-class Scores(Protocol):
-    probabilities: dict[str, float]
-    best_prompt: str
-
-
-class Scorer(Protocol):
-    """What the moderator needs. A scorer that also has `preprocess_spec` and `score_pixels` (ClipScorer)
-    gets model inputs made in the loader threads; one with `gpu_decode` true gets JPEG bytes to decode."""
-
-    model_id: str
-
-    def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> Sequence[Scores]: ...
-
-
-@dataclass(frozen=True)
-class LoadFailure:
-    """Why one event's image could not be used; it becomes that event's ``error`` verdict."""
-
-    reason: str
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -75,12 +55,6 @@ class LoadedBatch:
     def __post_init__(self) -> None:
         if len(self.events) != len(self.items):
             raise ValueError(f"{len(self.events)} events but {len(self.items)} loaded items")
-
-
-@dataclass(frozen=True)
-class _Embedded:
-    embedding: np.ndarray  # float16 [dim], normalised: what is stored and what every policy scores
-    reused: bool
 
 
 class Moderator:
@@ -96,7 +70,7 @@ class Moderator:
         cache: EmbeddingCache | None = None,
         keep_embeddings: bool = True,
     ) -> None:
-        self.scorer = scorer
+        self.scorer: Scorer = scorer
         # Watched files are re-checked by `refresh_policies`; a book or a single policy stays as given.
         self.policy_files = policy if isinstance(policy, PolicyFiles) else None
         if isinstance(policy, PolicyFiles):
@@ -104,9 +78,7 @@ class Moderator:
         else:
             self.policies = policy if isinstance(policy, PolicyBook) else PolicyBook(policy)
         self.limits = limits
-        keep_policies = getattr(scorer, "keep_policies", None)
-        if keep_policies is not None:
-            keep_policies(len(self.policies.every_policy()))
+        scorer.keep_policies(len(self.policies.every_policy()))
         self.cache = cache  # None: every image goes through the image tower
         self.keep_embeddings = keep_embeddings  # attach embeddings to verdicts, for storage
         self._loader_threads = loader_threads
@@ -120,13 +92,9 @@ class Moderator:
     def use_policies(self, book: PolicyBook) -> None:
         """Switch to `book` from the next batch on, with its text embeddings computed first."""
         policies = book.every_policy()
-        keep_policies = getattr(self.scorer, "keep_policies", None)
-        if keep_policies is not None:
-            keep_policies(len(policies))
-        policy_text = getattr(self.scorer, "policy_text", None)
-        if policy_text is not None:
-            for policy in policies:
-                policy_text(policy)
+        self.scorer.keep_policies(len(policies))
+        for policy in policies:
+            self.scorer.policy_text(policy)
         self.policies = book  # one assignment: a batch being scored keeps the book it started with
 
     def refresh_policies(self) -> ReloadReport:
@@ -149,12 +117,7 @@ class Moderator:
         `ImageLoadError` (it comes back as a `LoadFailure`)."""
         scorer = self.scorer  # read once: the scorer may be swapped between batches
         try:
-            return load_image(
-                event,
-                self.limits,
-                getattr(scorer, "preprocess_spec", None),  # fakes without it get plain images
-                defer_jpeg=bool(getattr(scorer, "gpu_decode", False)),
-            )
+            return load_event(event, self.limits, scorer.preprocess_spec, scorer.decoder)
         except ImageLoadError as exc:
             return LoadFailure(exc.reason, exc.detail)
         except Exception as exc:  # noqa: BLE001 - a decoder bug on one crafted file must not stop the worker
@@ -181,261 +144,14 @@ class Moderator:
         """Score the loaded images of `batch` and decide each under its policy: one verdict per event."""
         book = self.policies  # one book for the whole batch, even if it is swapped meanwhile
         scorer = self.scorer
-        loaded = self._finish_deferred(list(batch.items), scorer)
-        ok = [i for i, item in enumerate(loaded) if isinstance(item, LoadedImage)]
-        embedded: dict[int, _Embedded | LoadFailure] = {}
-        scored: dict[int, Scores | LoadFailure] = {}
-        shadows: dict[int, list[ShadowVerdict]] = {i: [] for i in ok}
-        score_ms = 0.0
+        loaded = finish_deferred(batch.items, scorer.decoder, self.limits, scorer.preprocess_spec)
+        ok = {i: item for i, item in enumerate(loaded) if isinstance(item, LoadedImage)}
+        scored = ScoredBatch(loaded)
         if ok:
             started = time.perf_counter()
-            if _embeds(scorer):
-                embedded = self._embed(scorer, {i: loaded[i] for i in ok})  # type: ignore[misc]
-            groups: dict[str, tuple[LoadedPolicy, list[int]]] = {}
-            for i in ok:
-                policy = book.for_source(batch.events[i].source)
-                groups.setdefault(policy.sha256, (policy, []))[1].append(i)
-            for policy, indices in groups.values():
-                scored.update(self._score_group(scorer, policy, indices, loaded, embedded))
-            for shadow in book.shadows:
-                self._shadow(scorer, shadow, ok, batch.events, loaded, embedded, scored, shadows)
+            embedded = embed_batch(scorer, ok, self.cache)
+            by_source = score_by_source(scorer, book, batch.events, embedded)
+            shadows = shadow_verdicts(scorer, book.shadows, batch.events, embedded, by_source)
             score_ms = (time.perf_counter() - started) * 1000.0 / len(ok)
-
-        verdicts = []
-        for i, event in enumerate(batch.events):
-            policy = book.for_source(event.source)
-            item = loaded[i]
-            outcome = scored.get(i, item)
-            if not isinstance(outcome, LoadFailure):
-                try:
-                    verdict = self._verdict(event, policy, item, outcome, score_ms)  # type: ignore[arg-type]
-                except ValueError as exc:  # scores that do not fit the policy: this event's error, not the batch's
-                    outcome = LoadFailure(REASON_SCORE_FAILED, str(exc))
-                else:
-                    found = embedded.get(i)
-                    if isinstance(found, _Embedded):
-                        verdict = replace(
-                            verdict,
-                            embedding_reused=found.reused,
-                            embedding=found.embedding if self.keep_embeddings else None,
-                        )
-                    verdicts.append(replace(verdict, shadows=tuple(shadows.get(i, ()))))
-                    continue
-            verdicts.append(self._error_verdict(event, policy, outcome, item))
-        return verdicts
-
-    def _embed(self, scorer: Any, items: dict[int, LoadedImage]) -> dict[int, _Embedded | LoadFailure]:
-        """One embedding per image: reused when its bytes were embedded before (here or in the cache),
-        else from one forward pass over the rest; a batch that fails is retried image by image."""
-        reuse = self.cache is not None
-        known = self.cache.get_many(item.sha256 for item in items.values()) if self.cache is not None else {}
-
-        def key(i: int) -> str:
-            # Without a cache reuse is off: every image runs, repeats within the batch included.
-            return items[i].sha256 if reuse else f"#{i}"
-
-        first_of: dict[str, int] = {}
-        to_run: list[int] = []
-        for i in items:
-            if key(i) not in known and key(i) not in first_of:
-                first_of[key(i)] = i
-                to_run.append(i)
-        computed: dict[int, np.ndarray | LoadFailure] = {}
-        if to_run:
-            try:
-                rows = to_stored(self._embed_many(scorer, [items[i] for i in to_run]))
-                computed.update(zip(to_run, rows, strict=True))
-            except Exception:  # noqa: BLE001 - isolate the image that breaks the batch, embed the rest alone
-                for i in to_run:
-                    try:
-                        computed[i] = to_stored(self._embed_many(scorer, [items[i]]))[0]
-                    except Exception as exc:  # noqa: BLE001 - one bad image must not fail its batch
-                        computed[i] = LoadFailure(REASON_SCORE_FAILED, f"{type(exc).__name__}: {exc}")
-        if self.cache is not None:
-            self.cache.put_many({key(i): e for i, e in computed.items() if isinstance(e, np.ndarray)})
-        result: dict[int, _Embedded | LoadFailure] = {}
-        for i in items:
-            if key(i) in known:
-                result[i] = _Embedded(known[key(i)], reused=True)
-                continue
-            first_index = first_of[key(i)]
-            first = computed[first_index]
-            # A repeat inside the batch reuses the first occurrence's forward pass.
-            result[i] = first if isinstance(first, LoadFailure) else _Embedded(first, reused=first_index != i)
-        return result
-
-    @staticmethod
-    def _embed_many(scorer: Any, items: list[LoadedImage]) -> Any:
-        if all(item.pixels is not None for item in items):
-            return scorer.pixel_embeddings([item.pixels for item in items])
-        if any(item.image is None for item in items):
-            raise ValueError("some images were neither decoded nor made into model inputs")
-        return scorer.image_embeddings([item.image for item in items])
-
-    def _score_group(
-        self,
-        scorer: Any,
-        policy: LoadedPolicy,
-        indices: list[int],
-        loaded: list[LoadedImage | LoadFailure],
-        embedded: dict[int, _Embedded | LoadFailure],
-    ) -> dict[int, Scores | LoadFailure]:
-        """Scores under `policy` for the images at `indices`: from their embeddings when there are any."""
-        if embedded:
-            result: dict[int, Scores | LoadFailure] = {}
-            usable = []
-            for i in indices:
-                found = embedded[i]
-                if isinstance(found, LoadFailure):
-                    result[i] = found
-                else:
-                    usable.append(i)
-            if usable:
-                stacked = np.stack([embedded[i].embedding for i in usable])  # type: ignore[union-attr]
-                result.update(zip(usable, scorer.score_embeddings(stacked, policy), strict=True))
-            return result
-        items: list[LoadedImage] = [loaded[i] for i in indices]  # type: ignore[misc]
-        use_pixels = hasattr(scorer, "score_pixels") and all(item.pixels is not None for item in items)
-        try:
-            return dict(zip(indices, self._score_many(scorer, items, use_pixels, policy), strict=True))
-        except Exception:  # noqa: BLE001 - isolate the image that breaks the batch, score the rest alone
-            return {
-                i: self._score_alone(scorer, item, use_pixels, policy) for i, item in zip(indices, items, strict=True)
-            }
-
-    def _shadow(
-        self,
-        scorer: Any,
-        shadow: LoadedPolicy,
-        ok: list[int],
-        events: Sequence[ImageEvent],
-        loaded: list[LoadedImage | LoadFailure],
-        embedded: dict[int, _Embedded | LoadFailure],
-        scored: dict[int, Scores | LoadFailure],
-        into: dict[int, list[ShadowVerdict]],
-    ) -> None:
-        """What `shadow` would decide for every scored image; a shadow that fails never touches a verdict."""
-        indices = [i for i in ok if not isinstance(scored.get(i), LoadFailure)]
-        try:
-            outcomes = self._score_group(scorer, shadow, indices, loaded, embedded)
-            for i, outcome in outcomes.items():
-                if isinstance(outcome, LoadFailure):
-                    continue
-                decision = decide(outcome.probabilities, shadow.policy)
-                into[i].append(ShadowVerdict(
-                    event_id=events[i].event_id,
-                    policy_version=shadow.version,
-                    policy_hash=shadow.sha256,
-                    flagged=decision.flagged,
-                    top_category=decision.top_category,
-                    action=decision.action,
-                    uncertain=decision.uncertain,
-                    scores=_rounded(outcome.probabilities),
-                ))
-        except Exception:  # noqa: BLE001 - shadows are observations: log, never fail the batch
-            log.exception("shadow policy %s (%s) failed on a batch", shadow.version, shadow.path)
-
-    @staticmethod
-    def _score_many(scorer: Any, items: list[LoadedImage], use_pixels: bool, policy: LoadedPolicy) -> Sequence[Scores]:
-        if use_pixels:
-            return scorer.score_pixels([item.pixels for item in items], policy)
-        if any(item.image is None for item in items):
-            raise ValueError("loaded as model inputs (or left undecoded) for a scorer that takes only images")
-        return scorer.score([item.image for item in items], policy)
-
-    def _score_alone(
-        self, scorer: Any, item: LoadedImage, use_pixels: bool, policy: LoadedPolicy
-    ) -> Scores | LoadFailure:
-        try:
-            return self._score_many(scorer, [item], use_pixels, policy)[0]
-        except Exception as exc:  # noqa: BLE001 - one bad image must not fail its batch
-            return LoadFailure(REASON_SCORE_FAILED, f"{type(exc).__name__}: {exc}")
-
-    def _finish_deferred(self, items: list[LoadedImage | LoadFailure], scorer: Any) -> list[LoadedImage | LoadFailure]:
-        """Decode on the GPU, in one batch, the JPEGs the loaders left encoded; the CPU takes any it refuses."""
-        deferred = [i for i, item in enumerate(items) if isinstance(item, LoadedImage) and item.encoded is not None]
-        if not deferred:
-            return items
-        started = time.perf_counter()
-        jpegs: list[LoadedImage] = [items[i] for i in deferred]  # type: ignore[misc]
-        try:
-            decoded = list(scorer.decode_jpegs([j.encoded for j in jpegs], [j.orientation for j in jpegs]))
-        except Exception:  # noqa: BLE001 - the GPU decoder failing as a whole: every image goes the CPU way
-            decoded = [None] * len(jpegs)
-        per_image_ms = (time.perf_counter() - started) * 1000.0 / len(jpegs)
-        for i, jpeg, pixels in zip(deferred, jpegs, decoded, strict=True):
-            if pixels is not None:
-                items[i] = replace(jpeg, pixels=pixels, encoded=None, load_ms=jpeg.load_ms + per_image_ms)
-            else:
-                items[i] = self._decode_on_cpu(jpeg, scorer)
-        return items
-
-    def _decode_on_cpu(self, jpeg: LoadedImage, scorer: Any) -> LoadedImage | LoadFailure:
-        started = time.perf_counter()
-        try:
-            assert jpeg.encoded is not None
-            loaded = load_bytes(jpeg.encoded, self.limits, getattr(scorer, "preprocess_spec", None))
-        except ImageLoadError as exc:
-            return LoadFailure(exc.reason, exc.detail)
-        except Exception as exc:  # noqa: BLE001 - whatever broke, it is this image's error alone
-            return LoadFailure(REASON_DECODE_FAILED, f"{type(exc).__name__}: {exc}")
-        return replace(loaded, load_ms=jpeg.load_ms + (time.perf_counter() - started) * 1000.0)
-
-    def _verdict(
-        self, event: ImageEvent, policy: LoadedPolicy, image: LoadedImage, scores: Scores, score_ms: float
-    ) -> Verdict:
-        decision = decide(scores.probabilities, policy.policy)
-        return Verdict(
-            event_id=event.event_id,
-            content_id=event.content_id,
-            source=event.source,
-            status=VerdictStatus.OK,
-            flagged=decision.flagged,
-            top_category=decision.top_category,
-            action=decision.action,
-            scores=_rounded(scores.probabilities),
-            best_prompt=scores.best_prompt,
-            policy_version=policy.version,
-            policy_hash=policy.sha256,
-            model_id=self.scorer.model_id,
-            image_ref=event.image_ref,
-            image_sha256=image.sha256,
-            uploaded_at=event.uploaded_at,
-            load_ms=round(image.load_ms, 3),
-            score_ms=round(score_ms, 3),
-            uncertain=decision.uncertain,
-        )
-
-    def _error_verdict(
-        self, event: ImageEvent, policy: LoadedPolicy, failure: LoadFailure, item: LoadedImage | LoadFailure
-    ) -> Verdict:
-        return Verdict(
-            event_id=event.event_id,
-            content_id=event.content_id,
-            source=event.source,
-            status=VerdictStatus.ERROR,
-            flagged=False,
-            top_category=None,
-            action=None,
-            scores={},
-            best_prompt=None,
-            policy_version=policy.version,
-            policy_hash=policy.sha256,
-            model_id=self.scorer.model_id,
-            image_ref=event.image_ref,
-            image_sha256=item.sha256 if isinstance(item, LoadedImage) else None,
-            uploaded_at=event.uploaded_at,
-            error_reason=failure.reason,
-            error_detail=failure.detail[:1000],
-            load_ms=round(item.load_ms, 3) if isinstance(item, LoadedImage) else None,
-        )
-
-
-def _embeds(scorer: Any) -> bool:
-    """Whether `scorer` splits scoring into embedding and policy scoring (ClipScorer does; simple fakes don't)."""
-    return all(hasattr(scorer, name) for name in ("pixel_embeddings", "image_embeddings", "score_embeddings"))
-
-
-def _rounded(scores: dict[str, float]) -> dict[str, float]:
-    """Scores as stored: six decimals are far below any threshold's meaning and keep rows small."""
-    return {name: round(float(p), 6) for name, p in scores.items()}
+            scored = ScoredBatch(loaded, embedded, by_source, shadows, score_ms)
+        return build_verdicts(batch.events, book, scorer.model_id, scored, keep_embeddings=self.keep_embeddings)

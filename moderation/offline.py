@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from moderation.category_scores import to_stored
+from moderation.contracts import Scorer
 from moderation.exceptions import ImageLoadError
 from moderation.images import load_bytes
-from moderation.scoring import to_stored
 from moderation.settings import ImageSettings
+
+if TYPE_CHECKING:
+    import torch
 
 _BATCH = 32
 
@@ -28,13 +32,16 @@ class FileEmbeddings:
     failures: dict[int, str]  # position -> why the file could not be used
 
 
-def embed_files(scorer: Any, paths: Sequence[Path], limits: ImageSettings | None = None) -> FileEmbeddings:
-    """Embed image files with a ClipScorer, in batches; unreadable files are reported, not raised."""
+def embed_files(scorer: Scorer, paths: Sequence[Path], limits: ImageSettings | None = None) -> FileEmbeddings:
+    """Embed image files with a scorer that makes model inputs (a ClipScorer), in batches; unreadable
+    files are reported, not raised."""
     limits = limits or ImageSettings()
-    spec = getattr(scorer, "preprocess_spec", None)
+    spec = scorer.preprocess_spec
+    if spec is None:  # files go the way of live traffic: model inputs made to the scorer's spec
+        raise ValueError("embed_files needs a scorer with a preprocess_spec (a ClipScorer)")
     embeddings: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
-    pending: list[tuple[int, Any]] = []
+    pending: list[tuple[int, np.ndarray | torch.Tensor]] = []
 
     def flush() -> None:
         if pending:
@@ -51,6 +58,7 @@ def embed_files(scorer: Any, paths: Sequence[Path], limits: ImageSettings | None
         except ImageLoadError as exc:
             failures[i] = f"{path}: {exc.reason}: {exc.detail}"
             continue
+        assert loaded.pixels is not None  # made to `spec`
         pending.append((i, loaded.pixels))
         if len(pending) >= _BATCH:
             flush()

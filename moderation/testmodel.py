@@ -26,8 +26,9 @@ import torch
 from PIL import Image
 from torch.nn.functional import cross_entropy, normalize
 
+from moderation.checkpoints import quiet_progress_bars
+from moderation.clip_scorer import pooled_embeddings
 from moderation.exceptions import ModerationError
-from moderation.scorer import pooled_embeddings, quiet_progress_bars
 
 # Bump whenever the architecture, data or training changes: it names the cache directory, so an old
 # build is never mistaken for a new one.

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from moderation.category_scores import PolicyText, score_embeddings
 from moderation.exceptions import ModerationError
 from moderation.policy import LoadedPolicy
-from moderation.scoring import PolicyText, score_embeddings
 
 _NEGATIVE_LABELS = {"", "none", "safe", "clean", "allow"}
 _MIN_THRESHOLD = 1e-6  # a policy threshold must be above zero

@@ -1,20 +1,53 @@
-"""The verdict: the one record every event ends in, whatever happened to its image."""
+"""The verdict: the one record every event ends in, whatever happened to its image.
+
+This module sits at the bottom of the import graph (it imports nothing from `moderation` at run time),
+so every step of a batch can build verdicts and pass failures along without import cycles: the values
+those steps hand each other (`LoadFailure`, `Scores`) and the factories that turn them into verdicts
+(`Verdict.ok`, `Verdict.error`, `ShadowVerdict.of`) live here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+if TYPE_CHECKING:  # for annotations only: the factories read attributes, they import nothing
+    from moderation.decision import Decision
+    from moderation.events import ImageEvent
+    from moderation.policy import LoadedPolicy
+
 # How image embeddings travel with verdicts and are stored: float16, 1 KB for a 512-wide ViT-B/32 one.
 EMBEDDING_DTYPE = np.float16
+
+REASON_SCORE_FAILED = "score_failed"  # the model failed on the batch and on the image alone
+_DETAIL_LIMIT = 1000  # characters of an error's detail kept on its verdict
 
 
 class VerdictStatus(str, Enum):
     OK = "ok"  # the image was scored and decided
     ERROR = "error"  # the image could not be loaded or decoded; `error_reason` says why
+
+
+class Scores(Protocol):
+    """One image's scores under one policy, as a scorer returns them."""
+
+    @property
+    def probabilities(self) -> dict[str, float]: ...  # category -> score, in policy order
+
+    @property
+    def best_prompt(self) -> str: ...  # the prompt, across all categories, closest to the image
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """Why one event's image could not be used (loaded, decoded or scored); it becomes its ``error`` verdict."""
+
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -46,6 +79,80 @@ class Verdict:
     embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
     shadows: tuple[ShadowVerdict, ...] = field(default=(), compare=False, repr=False)
 
+    @classmethod
+    def ok(
+        cls,
+        event: ImageEvent,
+        policy: LoadedPolicy,
+        decision: Decision,
+        scores: Scores,
+        *,
+        model_id: str,
+        image_sha256: str,
+        load_ms: float,
+        score_ms: float,
+        embedding_reused: bool = False,
+        embedding: np.ndarray | None = None,
+        shadows: tuple[ShadowVerdict, ...] = (),
+    ) -> Verdict:
+        """The verdict of an image scored and decided under `policy`."""
+        return cls(
+            event_id=event.event_id,
+            content_id=event.content_id,
+            source=event.source,
+            status=VerdictStatus.OK,
+            flagged=decision.flagged,
+            top_category=decision.top_category,
+            action=decision.action,
+            scores=rounded(scores.probabilities),
+            best_prompt=scores.best_prompt,
+            policy_version=policy.version,
+            policy_hash=policy.sha256,
+            model_id=model_id,
+            image_ref=event.image_ref,
+            image_sha256=image_sha256,
+            uploaded_at=event.uploaded_at,
+            load_ms=round(load_ms, 3),
+            score_ms=round(score_ms, 3),
+            uncertain=decision.uncertain,
+            embedding_reused=embedding_reused,
+            embedding=embedding,
+            shadows=shadows,
+        )
+
+    @classmethod
+    def error(
+        cls,
+        event: ImageEvent,
+        policy: LoadedPolicy,
+        failure: LoadFailure,
+        *,
+        model_id: str,
+        image_sha256: str | None = None,
+        load_ms: float | None = None,
+    ) -> Verdict:
+        """The verdict of an event whose image could not be used; `image_sha256` and `load_ms` when it loaded."""
+        return cls(
+            event_id=event.event_id,
+            content_id=event.content_id,
+            source=event.source,
+            status=VerdictStatus.ERROR,
+            flagged=False,
+            top_category=None,
+            action=None,
+            scores={},
+            best_prompt=None,
+            policy_version=policy.version,
+            policy_hash=policy.sha256,
+            model_id=model_id,
+            image_ref=event.image_ref,
+            image_sha256=image_sha256,
+            uploaded_at=event.uploaded_at,
+            error_reason=failure.reason,
+            error_detail=failure.detail[:_DETAIL_LIMIT],
+            load_ms=round(load_ms, 3) if load_ms is not None else None,
+        )
+
 
 @dataclass(frozen=True)
 class ShadowVerdict:
@@ -60,3 +167,22 @@ class ShadowVerdict:
     uncertain: bool
     scores: dict[str, float]
     created_at: datetime | None = field(default=None, compare=False)  # set by storage
+
+    @classmethod
+    def of(cls, event: ImageEvent, shadow: LoadedPolicy, decision: Decision, scores: Scores) -> ShadowVerdict:
+        """What `shadow` decided for `event`'s image."""
+        return cls(
+            event_id=event.event_id,
+            policy_version=shadow.version,
+            policy_hash=shadow.sha256,
+            flagged=decision.flagged,
+            top_category=decision.top_category,
+            action=decision.action,
+            uncertain=decision.uncertain,
+            scores=rounded(scores.probabilities),
+        )
+
+
+def rounded(scores: dict[str, float]) -> dict[str, float]:
+    """Scores as stored: six decimals are far below any threshold's meaning and keep rows small."""
+    return {name: round(float(p), 6) for name, p in scores.items()}

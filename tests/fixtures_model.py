@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from moderation.clip_scorer import ClipScorer
 from moderation.policy import LoadedPolicy, load_policy
-from moderation.scorer import ClipScorer
 from moderation.testmodel import build_test_model
 
 __all__ = ["TEST_POLICY_PATH", "scorer", "test_model_dir", "test_policy"]

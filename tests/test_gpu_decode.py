@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from moderation.clip_scorer import ClipScorer
 from moderation.gpu_decode import decode_jpegs, gpu_decode_available, orient, pixels_from_uint8
 from moderation.preprocess import PreprocessSpec, to_pixels
-from moderation.scorer import ClipScorer
 from tests.test_preprocess import GREY_LEVEL, photo, real_style_processor
 
 
@@ -81,7 +81,7 @@ def test_scorer_reports_gpu_decode_off_on_cpu(test_model_dir: object) -> None:
 def test_importing_the_package_never_imports_torchvision() -> None:
     # torchvision from PyPI does not import beside every torch build; it may only be tried lazily.
     code = (
-        "import sys, moderation.scorer, moderation.moderator, moderation.gpu_decode, moderation.images;"
+        "import sys, moderation.clip_scorer, moderation.moderator, moderation.gpu_decode, moderation.images;"
         "print('torchvision' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

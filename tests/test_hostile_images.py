@@ -27,6 +27,8 @@ from PIL import Image, ImageFile
 import moderation.images as images_module
 from consumers.messages import header
 from consumers.producer import image_event
+from moderation.clip_scorer import ClipScorer
+from moderation.decoding import load_data
 from moderation.events import ImageEvent
 from moderation.exceptions import ImageLoadError
 from moderation.images import (
@@ -39,12 +41,12 @@ from moderation.images import (
     LoadedImage,
     load_bytes,
 )
-from moderation.moderator import LoadFailure, Moderator
+from moderation.moderator import Moderator
 from moderation.policy import LoadedPolicy
-from moderation.scorer import ClipScorer
 from moderation.settings import ImageSettings
 from moderation.testmodel import make_colour_image
-from moderation.verdict import Verdict, VerdictStatus
+from moderation.verdict import LoadFailure, Verdict, VerdictStatus
+from tests.fakes import FakeDecoder
 from tests.fixtures_kafka import PipelineEnv, committed_total
 from tests.test_pipeline_kafka import drain
 
@@ -350,9 +352,11 @@ def decode_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return calls
 
 
-def refused(data: bytes, limits: ImageSettings = LIMITS, **kwargs: Any) -> ImageLoadError:
+def refused(
+    data: bytes, limits: ImageSettings = LIMITS, load: Callable[..., LoadedImage] = load_bytes, **kwargs: Any
+) -> ImageLoadError:
     with pytest.raises(ImageLoadError) as info:
-        load_bytes(data, limits, **kwargs)
+        load(data, limits, **kwargs)
     return info.value
 
 
@@ -520,7 +524,8 @@ def test_a_narrower_allow_list_refuses_from_the_header(scorer: ClipScorer, decod
     error = refused(jpeg, png_only)
     assert (error.reason, error.detail) == (REASON_FORMAT_NOT_ALLOWED, "JPEG is not one of images.allowed_formats")
     # The GPU path (JPEGs left undecoded for nvjpeg) obeys the list too.
-    assert refused(jpeg, png_only, spec=scorer.preprocess_spec, defer_jpeg=True).reason == REASON_FORMAT_NOT_ALLOWED
+    deferring = {"spec": scorer.preprocess_spec, "decoder": FakeDecoder(scorer.preprocess_spec), "load": load_data}
+    assert refused(jpeg, png_only, **deferring).reason == REASON_FORMAT_NOT_ALLOWED
     assert decode_spy == []
     assert isinstance(load_bytes(encode(photo("red"), "PNG"), png_only), LoadedImage)
 

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from consumers.producer import image_event
+from moderation.decoding import load_data, load_event
 from moderation.events import ImageEvent
 from moderation.exceptions import ImageLoadError, ModerationError
 from moderation.images import (
@@ -37,12 +38,12 @@ from moderation.images import (
     LoadedImage,
     decode_image,
     fetch_bytes,
-    load_bytes,
     load_image,
     to_rgb,
 )
 from moderation.preprocess import PreprocessSpec
 from moderation.settings import ImageSettings
+from tests.fakes import FakeDecoder
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -763,7 +764,7 @@ def test_defer_jpeg_keeps_the_bytes_and_the_orientation() -> None:
     exif = Image.Exif()
     exif[0x0112] = 8
     data = encode(two_colour((40, 20)), "JPEG", exif=exif.tobytes())
-    loaded = load_image(inline(data), DEFAULT_LIMITS, SPEC_64, defer_jpeg=True)
+    loaded = load_event(inline(data), DEFAULT_LIMITS, SPEC_64, FakeDecoder(SPEC_64))
     assert (loaded.image, loaded.pixels, loaded.encoded, loaded.orientation) == (None, None, data, 8)
     assert loaded.sha256 == hashlib.sha256(data).hexdigest() and loaded.nbytes == len(data)
 
@@ -777,17 +778,17 @@ def test_defer_jpeg_keeps_the_bytes_and_the_orientation() -> None:
     ids=["png", "cmyk-jpeg"],
 )
 def test_defer_jpeg_decodes_what_the_gpu_cannot(data: bytes) -> None:
-    loaded = load_bytes(data, DEFAULT_LIMITS, SPEC_64, defer_jpeg=True)
+    loaded = load_data(data, DEFAULT_LIMITS, SPEC_64, FakeDecoder(SPEC_64))
     assert loaded.encoded is None and loaded.pixels is not None
 
 
 def test_defer_jpeg_still_refuses_oversized_and_broken_jpegs() -> None:
     data = encode(Image.new("RGB", (200, 100), RED), "JPEG")
     with pytest.raises(ImageLoadError) as info:
-        load_bytes(data, ImageSettings(max_pixels=19_999), SPEC_64, defer_jpeg=True)
+        load_data(data, ImageSettings(max_pixels=19_999), SPEC_64, FakeDecoder(SPEC_64))
     assert info.value.reason == REASON_TOO_MANY_PIXELS
     with pytest.raises(ImageLoadError) as info:
-        load_bytes(b"\xff\xd8\xff\xe0garbage" * 4, DEFAULT_LIMITS, SPEC_64, defer_jpeg=True)
+        load_data(b"\xff\xd8\xff\xe0garbage" * 4, DEFAULT_LIMITS, SPEC_64, FakeDecoder(SPEC_64))
     assert info.value.reason in (REASON_DECODE_FAILED, REASON_NOT_AN_IMAGE)
 
 

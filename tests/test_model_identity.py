@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from moderation.checkpoints import checkpoint_id, identity_files
-from moderation.scorer import ClipScorer
+from moderation.clip_scorer import ClipScorer
 from moderation.storage import EmbeddingStore, VerdictStore, create_engine_for, upgrade
 
 

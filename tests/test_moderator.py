@@ -1,27 +1,27 @@
-"""moderation/moderator.py with a fake scorer: one verdict per event, in order, failures isolated."""
+"""moderation/moderator.py with the fake scorer (tests/fakes.py): one verdict per event, in order, failures isolated."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from consumers.producer import image_event
+from moderation.contracts import Scorer
 from moderation.events import ImageEvent
 from moderation.images import REASON_NOT_AN_IMAGE, REASON_NOT_FOUND, LoadedImage
-from moderation.moderator import REASON_SCORE_FAILED, LoadedBatch, LoadFailure, Moderator
+from moderation.moderator import REASON_SCORE_FAILED, LoadedBatch, Moderator
 from moderation.policy import LoadedPolicy, parse_policy
 from moderation.policy_book import PolicyBook
-from moderation.preprocess import PreprocessSpec, to_pixels
 from moderation.settings import ImageSettings
-from moderation.verdict import Verdict, VerdictStatus
+from moderation.verdict import LoadFailure, Verdict, VerdictStatus
+from tests.fakes import COLOURS, PROBABILITIES, SPEC, FakeDecoder, FakeScorer
 
 POLICY = parse_policy(
     """\
@@ -33,53 +33,8 @@ categories:
 """,
     "colours.yaml",
 )
-
-COLOURS = {
-    "red": (255, 0, 0),
-    "yellow": (255, 255, 0),
-    "blue": (0, 0, 255),
-    "green": (0, 255, 0),
-    "magenta": (255, 0, 255),  # the fake scorer chokes on this one
-}
-PROBABILITIES = {
-    "red": {"safe": 0.1, "red": 0.8, "yellow": 0.1},
-    "yellow": {"safe": 0.05, "red": 0.25, "yellow": 0.7},
-    "blue": {"safe": 0.9, "red": 0.05, "yellow": 0.05},
-    "green": {"safe": 0.6, "red": 0.3, "yellow": 0.1},
-}
-
-
-@dataclass(frozen=True)
-class FakeScore:
-    probabilities: dict[str, float]
-    best_prompt: str
-
-
-class FakeScorer:
-    """Reads each picture's colour from its corner pixel; raises on the whole call if any is magenta."""
-
-    model_id = "fake/colour-scorer-1"
-
-    def __init__(self, short_by_one: bool = False) -> None:
-        self.calls: list[list[str]] = []
-        self.short_by_one = short_by_one
-
-    def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> list[FakeScore]:
-        assert policy is POLICY
-        colours = [self._colour(image) for image in images]
-        self.calls.append(colours)
-        if "magenta" in colours:
-            raise RuntimeError("magenta breaks the model")
-        scores = [FakeScore(dict(PROBABILITIES[c]), f"a {c} picture") for c in colours]
-        if self.short_by_one and len(scores) > 1:
-            return scores[:-1]
-        return scores
-
-    @staticmethod
-    def _colour(image: Image.Image) -> str:
-        assert image.mode == "RGB"
-        pixel = image.getpixel((0, 0))
-        return next(name for name, rgb in COLOURS.items() if rgb == pixel)
+# The fake scorer, held to this file's policy: it may score under POLICY only.
+colour_scorer = partial(FakeScorer, only_policy=POLICY)
 
 
 def png(colour: str) -> bytes:
@@ -102,7 +57,7 @@ def bad_bytes(event_id: str) -> ImageEvent:
 
 @pytest.fixture
 def scorer() -> FakeScorer:
-    return FakeScorer()
+    return colour_scorer()
 
 
 @pytest.fixture
@@ -217,7 +172,7 @@ def test_a_batch_the_scorer_rejects_is_scored_image_by_image(moderator: Moderato
 
 
 def test_a_scorer_returning_too_few_scores_falls_back_to_one_by_one() -> None:
-    scorer = FakeScorer(short_by_one=True)
+    scorer = colour_scorer(short_by_one=True)
     moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=2)
     try:
         verdicts = moderator.moderate([inline("red", "a"), inline("blue", "b")])
@@ -229,11 +184,8 @@ def test_a_scorer_returning_too_few_scores_falls_back_to_one_by_one() -> None:
 
 
 def test_error_detail_is_capped() -> None:
-    class Verbose(FakeScorer):
-        def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> list[FakeScore]:
-            raise ValueError("v" * 5000)
-
-    moderator = Moderator(Verbose(), POLICY, ImageSettings(), loader_threads=1)
+    verbose = colour_scorer(error=ValueError("v" * 5000))
+    moderator = Moderator(verbose, POLICY, ImageSettings(), loader_threads=1)
     try:
         [verdict] = moderator.moderate([inline("red", "a")])
     finally:
@@ -275,11 +227,8 @@ def test_url_events_keep_their_url_as_image_ref(moderator: Moderator, tmp_path: 
 
 
 def test_scores_are_rounded_to_six_places() -> None:
-    class Precise(FakeScorer):
-        def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> list[FakeScore]:
-            return [FakeScore({"safe": 0.123456789, "red": 0.87654321, "yellow": 1e-9}, "p") for _ in images]
-
-    moderator = Moderator(Precise(), POLICY, ImageSettings(), loader_threads=1)
+    precise = {colour: {"safe": 0.123456789, "red": 0.87654321, "yellow": 1e-9} for colour in PROBABILITIES}
+    moderator = Moderator(colour_scorer(table=precise), POLICY, ImageSettings(), loader_threads=1)
     try:
         [verdict] = moderator.moderate([inline("red", "a")])
     finally:
@@ -295,11 +244,7 @@ def test_a_new_policy_applies_to_the_next_batch(moderator: Moderator) -> None:
         "  yellow: {prompts: [a yellow picture], threshold: 0.5, action: block}\n"
     )
 
-    class AnyPolicy(FakeScorer):
-        def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> list[FakeScore]:
-            return [FakeScore(dict(PROBABILITIES[self._colour(i)]), "p") for i in images]
-
-    moderator.scorer = AnyPolicy()
+    moderator.scorer = FakeScorer()  # scores under any policy
     moderator.use_policies(PolicyBook(stricter))
     [verdict] = moderator.moderate([inline("red", "a")])
     assert verdict.policy_version == "colours-8"
@@ -308,21 +253,10 @@ def test_a_new_policy_applies_to_the_next_batch(moderator: Moderator) -> None:
     assert verdict.action == "allow"
 
 
-class MissingCategoryScorer(FakeScorer):
-    """Returns probabilities without the `yellow` category for red pictures: scores that do not fit."""
-
-    def score(self, images: Sequence[Image.Image], policy: LoadedPolicy) -> list[FakeScore]:
-        scores = super().score(images, policy)
-        return [
-            FakeScore({k: v for k, v in s.probabilities.items() if k != "yellow"}, s.best_prompt)
-            if s.best_prompt == "a red picture"
-            else s
-            for s in scores
-        ]
-
-
 def test_scores_that_do_not_fit_the_policy_fail_only_their_own_event() -> None:
-    moderator = Moderator(MissingCategoryScorer(), POLICY, ImageSettings(), loader_threads=2)
+    # Probabilities without the `yellow` category for red pictures: scores that do not fit.
+    missing = {**PROBABILITIES, "red": {k: v for k, v in PROBABILITIES["red"].items() if k != "yellow"}}
+    moderator = Moderator(colour_scorer(table=missing), POLICY, ImageSettings(), loader_threads=2)
     try:
         verdicts = by_id(moderator.moderate([inline("red", "r"), inline("blue", "b")]))
     finally:
@@ -376,35 +310,12 @@ def test_a_batch_needs_one_item_per_event() -> None:
 
 # --- a scorer that takes model inputs ---------------------------------------------------------------
 
-SPEC = PreprocessSpec(crop_size=(8, 8), shortest_edge=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-
-
-class PixelScorer(FakeScorer):
-    """Like FakeScorer, but reads the colour from preprocessed pixels (as ClipScorer.score_pixels does)."""
-
-    preprocess_spec = SPEC
-
-    def __init__(self, **kwargs: bool) -> None:
-        super().__init__(**kwargs)
-        self.pixel_calls: list[list[str]] = []
-
-    def score_pixels(self, pixels: Sequence[np.ndarray], policy: LoadedPolicy) -> list[FakeScore]:
-        colours = [self._colour_of_pixels(np.asarray(p)) for p in pixels]
-        self.pixel_calls.append(colours)
-        if "magenta" in colours:
-            raise RuntimeError("magenta breaks the model")
-        return [FakeScore(dict(PROBABILITIES[c]), f"a {c} picture") for c in colours]
-
-    @staticmethod
-    def _colour_of_pixels(pixels: np.ndarray) -> str:
-        assert pixels.shape == (3, 8, 8) and pixels.dtype == np.float32
-        rgb = (pixels[:, 0, 0] * 0.5 + 0.5) * 255
-        # The nearest colour: JPEG moves a flat colour by a few levels.
-        return min(COLOURS, key=lambda name: float(np.abs(rgb - np.array(COLOURS[name])).sum()))
+# The fake scorer with a `preprocess_spec`: the loaders make its model inputs, as they do for ClipScorer.
+pixel_scorer = partial(colour_scorer, spec=SPEC)
 
 
 def test_loaders_make_the_model_input_and_the_batch_is_scored_from_it() -> None:
-    scorer = PixelScorer()
+    scorer = pixel_scorer()
     moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=2)
     try:
         batch = moderator.load([inline("red", "a"), inline("blue", "b"), bad_bytes("c")])
@@ -417,7 +328,7 @@ def test_loaders_make_the_model_input_and_the_batch_is_scored_from_it() -> None:
 
 
 def test_a_pixel_batch_the_scorer_rejects_is_scored_image_by_image() -> None:
-    scorer = PixelScorer()
+    scorer = pixel_scorer()
     moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=2)
     try:
         verdicts = moderator.moderate([inline("red", "a"), inline("magenta", "poison"), inline("blue", "c")])
@@ -431,10 +342,10 @@ def test_a_pixel_batch_the_scorer_rejects_is_scored_image_by_image() -> None:
 
 def test_model_inputs_for_a_scorer_that_cannot_take_them_are_score_errors() -> None:
     # Only if the scorer is swapped between loading and scoring a batch: each event errs, none is lost.
-    moderator = Moderator(PixelScorer(), POLICY, ImageSettings(), loader_threads=1)
+    moderator = Moderator(pixel_scorer(), POLICY, ImageSettings(), loader_threads=1)
     try:
         batch = moderator.load([inline("yellow", "a"), bad_bytes("b")])
-        moderator.scorer = plain = FakeScorer()
+        moderator.scorer = plain = colour_scorer()  # no preprocess_spec: it takes only decoded pictures
         verdicts = moderator.score(batch)
     finally:
         moderator.close()
@@ -456,26 +367,13 @@ def jpeg_event(colour: str, event_id: str, orientation: int = 1, mode: str = "RG
     )
 
 
-class GpuScorer(PixelScorer):
-    """Declares GPU decode; "decodes" on the CPU, and refuses (None) the JPEGs listed in `refuse`."""
-
-    gpu_decode = True
-
-    def __init__(self, refuse: int = -1) -> None:
-        super().__init__()
-        self.refuse = refuse
-        self.decode_calls: list[list[int]] = []
-
-    def decode_jpegs(self, datas: Sequence[bytes], orientations: Sequence[int]) -> list[np.ndarray | None]:
-        self.decode_calls.append(list(orientations))
-        return [
-            None if i == self.refuse else to_pixels(Image.open(BytesIO(data)).convert("RGB"), SPEC)
-            for i, data in enumerate(datas)
-        ]
+def gpu_scorer(refuse: int = -1) -> FakeScorer:
+    """Declares GPU decode: a `FakeDecoder` that refuses (None) the JPEG at position `refuse`."""
+    return pixel_scorer(decoder=FakeDecoder(SPEC, refuse=refuse))
 
 
 def test_jpegs_are_left_encoded_for_the_gpu_and_decoded_there_in_one_batch() -> None:
-    scorer = GpuScorer()
+    scorer = gpu_scorer()
     moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=2)
     try:
         events = [jpeg_event("red", "a", orientation=6), inline("blue", "png"), jpeg_event("yellow", "c")]
@@ -487,14 +385,14 @@ def test_jpegs_are_left_encoded_for_the_gpu_and_decoded_there_in_one_batch() -> 
         verdicts = moderator.score(batch)
     finally:
         moderator.close()
-    assert scorer.decode_calls == [[6, 1]]
+    assert scorer.decoder is not None and scorer.decoder.calls == [[6, 1]]
     assert scorer.pixel_calls == [["red", "blue", "yellow"]]
     assert [v.top_category for v in verdicts] == ["red", "safe", "yellow"]
     assert all(v.load_ms is not None and v.load_ms >= 0 for v in verdicts)
 
 
 def test_jpegs_the_gpu_refuses_are_decoded_on_the_cpu() -> None:
-    scorer = GpuScorer(refuse=0)
+    scorer = gpu_scorer(refuse=0)
     moderator = Moderator(scorer, POLICY, ImageSettings(), loader_threads=2)
     try:
         verdicts = moderator.moderate([jpeg_event("red", "a"), jpeg_event("blue", "b")])
@@ -505,7 +403,7 @@ def test_jpegs_the_gpu_refuses_are_decoded_on_the_cpu() -> None:
 
 
 def test_what_the_gpu_cannot_take_is_decoded_by_the_loaders() -> None:
-    scorer = GpuScorer()
+    scorer = gpu_scorer()
     moderator = Moderator(scorer, POLICY, ImageSettings(max_pixels=100), loader_threads=2)
     try:
         big, cmyk = moderator.load([jpeg_event("red", "big"), jpeg_event("red", "cmyk", mode="CMYK")]).items
@@ -526,7 +424,7 @@ def test_what_the_gpu_cannot_take_is_decoded_by_the_loaders() -> None:
 def test_the_clip_scorer_is_fed_preprocessed_pixels(
     monkeypatch: pytest.MonkeyPatch, test_model_dir: Path, test_policy: LoadedPolicy
 ) -> None:
-    from moderation.scorer import ClipScorer
+    from moderation.clip_scorer import ClipScorer
     from moderation.testmodel import make_colour_image
 
     clip = ClipScorer.load(str(test_model_dir), device="cpu")
@@ -553,16 +451,40 @@ def test_an_unexpected_loader_error_is_that_events_error_verdict(
 ) -> None:
     import moderation.moderator as module
 
-    real_load = module.load_image
+    real_load = module.load_event
 
     def flaky_load(event: ImageEvent, *args: object, **kwargs: object) -> LoadedImage:
         if event.event_id == "poison":
             raise MemoryError("decoder exploded")  # not an ImageLoadError: a decoder bug, say
         return real_load(event, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(module, "load_image", flaky_load)
+    monkeypatch.setattr(module, "load_event", flaky_load)
     verdicts = by_id(moderator.moderate([inline("red", "poison"), inline("blue", "fine")]))
     assert verdicts["poison"].status is VerdictStatus.ERROR
     assert verdicts["poison"].error_reason == module.REASON_LOAD_FAILED
     assert "MemoryError: decoder exploded" in (verdicts["poison"].error_detail or "")
     assert verdicts["fine"].status is VerdictStatus.OK
+
+
+# --- the contract ---------------------------------------------------------------------------------
+
+
+def test_the_real_and_the_fake_scorer_implement_the_scorer_contract(test_model_dir: Path) -> None:
+    from moderation.clip_scorer import ClipScorer
+
+    assert isinstance(ClipScorer.load(str(test_model_dir), device="cpu"), Scorer)
+    assert isinstance(colour_scorer(), Scorer) and isinstance(gpu_scorer(), Scorer)
+
+
+def test_the_moderator_keeps_the_text_side_of_every_policy_ready() -> None:
+    shadow = parse_policy(
+        "version: colours-shadow\ncategories:\n  safe: {prompts: [a blue picture]}\n"
+        "  red: {prompts: [a red picture], threshold: 0.9, action: review}\n"
+    )
+    fake = FakeScorer()
+    book = PolicyBook(POLICY, shadows=(shadow,))
+    moderator = Moderator(fake, book, ImageSettings(), loader_threads=1)
+    assert (fake.kept, fake.texts) == (2, [])
+    moderator.use_policies(book)
+    assert fake.texts == ["colours-7", "colours-shadow"]
+    moderator.close()

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from moderation.backtest import backtest
+from moderation.clip_scorer import ClipScorer
 from moderation.decision import decide, decide_many
 from moderation.events import ImageEvent
 from moderation.exceptions import PolicyError
@@ -23,7 +24,6 @@ from moderation.moderator import Moderator
 from moderation.policy import LoadedPolicy, load_policy, parse_policy
 from moderation.policy_book import PolicyBook, PolicyFiles
 from moderation.reuse import EmbeddingCache
-from moderation.scorer import ClipScorer
 from moderation.settings import ImageSettings, PolicySettings
 from moderation.storage import EmbeddingStore, VerdictStore, create_engine_for, upgrade
 from moderation.testmodel import make_colour_image

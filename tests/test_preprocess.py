@@ -20,10 +20,10 @@ from PIL import Image
 from transformers import AutoImageProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from moderation.clip_scorer import ClipScorer
 from moderation.exceptions import ConfigurationError
 from moderation.images import decode_image, load_bytes
 from moderation.preprocess import PreprocessSpec, draft_size, to_pixels
-from moderation.scorer import ClipScorer
 from moderation.settings import ImageSettings
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

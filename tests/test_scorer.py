@@ -16,12 +16,12 @@ from huggingface_hub.utils import _detect_agent
 from PIL import Image
 
 from moderation.checkpoints import checkpoint_id
+from moderation.clip_scorer import ClipScorer, ImageScore, pooled_embeddings
 from moderation.decision import decide
 from moderation.exceptions import ConfigurationError, ModelNotFoundError
 from moderation.images import load_bytes
 from moderation.policy import LoadedPolicy, parse_policy
 from moderation.preprocess import to_pixels
-from moderation.scorer import ClipScorer, ImageScore, pooled_embeddings
 from moderation.settings import ImageSettings, ModelSettings
 from moderation.testmodel import TEST_MODEL_COLOURS, make_colour_image
 

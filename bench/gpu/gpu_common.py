@@ -67,7 +67,7 @@ def build_scorer(arch: str, device: torch.device, workdir: Path, gpu_decode: boo
     """A `ClipScorer` around a seeded random-init CLIP of the real `arch` config (built on the device: fast)."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from moderation.scorer import ClipScorer
+    from moderation.clip_scorer import ClipScorer
 
     prompts, _ = policy_prompts()
     folder = Path(tempfile.mkdtemp(prefix=f"clip-{arch.replace('/', '')}-", dir=workdir))

@@ -5,10 +5,14 @@ normalised embeddings, computed once per policy and cached. An image's score is 
 categories of CLIP's logit scale times the cosine between the image and each category, exactly as in
 CLIP's zero-shot classification, plus the single prompt closest to the image (to explain a verdict).
 
-Two ways in: `score_pixels` takes model inputs already made by `moderation.preprocess` (in the loader
-threads, or on the GPU by `moderation.gpu_decode`), so scoring is the forward pass and little else;
-`score` takes PIL images through the checkpoint's own Hugging Face image processor, the reference the
-fast path is tested against. Checkpoints load from local disk only (moderation/checkpoints.py).
+`ClipScorer` is the real `Scorer` (moderation/contracts.py): the moderator embeds images with
+`pixel_embeddings` (model inputs already made by `moderation.preprocess` in the loader threads, or on
+the GPU by its `decoder`, see moderation/gpu_decode.py) and scores the embeddings under each policy with
+`score_embeddings`; the scoring rules themselves are moderation/category_scores.py. `score_pixels` and
+`score` embed and score in one call, the latter through the checkpoint's own Hugging Face image
+processor, the reference the fast path is tested against. Checkpoints load from local disk only
+(moderation/checkpoints.py): a real checkpoint and the offline test model (moderation/testmodel.py)
+load through the same `load`.
 """
 
 from __future__ import annotations
@@ -24,27 +28,26 @@ import numpy as np
 import torch
 from PIL import Image
 
+from moderation.category_scores import PolicyText, from_stored, score_embeddings
 from moderation.checkpoints import (
     checkpoint_id,
     legacy_model_ids,
     load_parts,
     quantise_image_tower,
-    quiet_progress_bars,
     resolve_checkpoint,
     resolve_device,
 )
 from moderation.exceptions import ConfigurationError
-from moderation.gpu_decode import decode_jpegs, gpu_decode_available
+from moderation.gpu_decode import GpuJpegDecoder, gpu_decoder
 from moderation.policy import LoadedPolicy
 from moderation.preprocess import PreprocessSpec
-from moderation.scoring import PolicyText, from_stored, score_embeddings
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds, and only loading a model needs it
     from transformers import CLIPModel
 
     from moderation.settings import ModelSettings
 
-__all__ = ["ClipScorer", "ImageScore", "PixelBatch", "PolicyText", "pooled_embeddings", "quiet_progress_bars"]
+__all__ = ["ClipScorer", "ImageScore", "PixelBatch", "pooled_embeddings"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ PixelBatch = Sequence[np.ndarray | torch.Tensor] | np.ndarray | torch.Tensor
 @dataclass(frozen=True)
 class ImageScore:
     # category -> score, in policy order: probabilities summing to 1 (softmax policies) or cosine
-    # similarities (independent policies); see moderation/scoring.py.
+    # similarities (independent policies); see moderation/category_scores.py.
     probabilities: dict[str, float]
     best_prompt: str  # the prompt, across all categories, closest to the image
     best_prompt_similarity: float  # its cosine similarity to the image
@@ -111,8 +114,9 @@ class ClipScorer:
             # Compiled lazily: the first batch (and the first of each new batch size) takes tens of seconds.
             self._image_features = torch.compile(self.model.get_image_features)
         self.compiled = compile
-        self.gpu_decode = gpu_decode and gpu_decode_available(device)
-        if gpu_decode and not self.gpu_decode and device.type == "cuda":
+        # Where JPEGs are decoded in one batch (the `Scorer` contract's decoder); None: by the loaders.
+        self.decoder: GpuJpegDecoder | None = gpu_decoder(self.preprocess_spec, device) if gpu_decode else None
+        if gpu_decode and self.decoder is None and device.type == "cuda":
             log.warning("gpu_decode requested but torchvision's GPU JPEG decoder is unavailable: decoding on CPU")
         limits = [model.config.text_config.max_position_embeddings]
         tokenizer_limit = getattr(tokenizer, "model_max_length", None)
@@ -140,7 +144,7 @@ class ClipScorer:
         layers, ~2x faster on CPU with embeddings at cosine ~0.999 of fp32; CPU only, ignored with a
         warning on CUDA (where fp16 is the fast mode) so one settings file serves both kinds of host.
         `compile`: `torch.compile` the image tower. `gpu_decode`: nvjpeg JPEG decode, when on CUDA and
-        torchvision imports (`self.gpu_decode` says whether it is on).
+        torchvision imports (`self.gpu_decode` says whether it is on, `self.decoder` does it).
 
         The scorer's `model_id` is `checkpoint_id` of the files (the same for a symlink, a copy or the
         hub id of the same checkpoint); `model_name` is `name_or_path` as given.
@@ -157,6 +161,11 @@ class ClipScorer:
             cpu_mode=cpu_mode, compile=compile, gpu_decode=gpu_decode,
             model_name=name_or_path, legacy_model_ids=legacy_model_ids(name_or_path, directory, model_id),
         )
+
+    @property
+    def gpu_decode(self) -> bool:
+        """Whether JPEGs are decoded on the GPU (`gpu_decode` was asked for and is available here)."""
+        return self.decoder is not None
 
     @property
     def stored_model_ids(self) -> tuple[str, ...]:
@@ -262,10 +271,6 @@ class ClipScorer:
                 batch = batch.pin_memory()
             batch = batch.to(self.device, non_blocking=True)
         return batch
-
-    def decode_jpegs(self, datas: Sequence[bytes], orientations: Sequence[int]) -> list[torch.Tensor | None]:
-        """Model inputs for JPEGs decoded on this scorer's GPU (None where it could not); see gpu_decode."""
-        return decode_jpegs(datas, self.preprocess_spec, self.device, orientations)
 
     @torch.inference_mode()
     def pixel_embeddings(self, pixels: PixelBatch) -> torch.Tensor:
