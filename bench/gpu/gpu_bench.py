@@ -7,10 +7,10 @@ For each architecture (random-init weights of the real configs: throughput only)
   1. model only: `get_image_features` and `ClipScorer.score_pixels` on a random fp16 batch already on the
      GPU, batch 64..1024: the ceiling;
   2. JPEG bytes -> scores, through our public API, two ways:
-     - CPU decode pool: `moderation.images.load_bytes(data, limits, spec)` in 2 x cores threads (JPEG draft
+     - CPU decode pool: `moderation.decoding.load_data(data, limits, spec)` in 2 x cores threads (JPEG draft
        decode + one resize + normalise, as the worker's loader threads do), then `score_pixels`;
-     - GPU decode: `load_bytes(..., defer_jpeg=True)` (header check + sha256 on the CPU), then
-       `ClipScorer.decode_jpegs` (nvjpeg via torchvision, resize/crop/normalise on the GPU) and `score_pixels`;
+     - GPU decode: `decoding.load_data(..., decoder)` (header check + sha256 on the CPU), then
+       `ClipScorer.decoder.decode_jpegs` (nvjpeg via torchvision, resize/crop/normalise on the GPU) and `score_pixels`;
      plus each path's decode-only rate, which shows what bounds it.
 A hard time budget (default 420 s) is checked before every config; what does not fit is skipped and
 listed. Prints a table and writes gpu_bench.json (and .md) to $OUT if set, else bench/results/.
@@ -124,7 +124,7 @@ def cpu_path(scorer: Any, loader: CpuLoader, datas: list[bytes], batch: int, pol
 def gpu_path(scorer: Any, loader: CpuLoader, datas: list[bytes], batch: int, policy: Any,
              pool: ThreadPoolExecutor, decode: Any = None) -> dict[str, float]:
     """JPEG bytes -> header check on the CPU -> nvjpeg decode + preprocess on the GPU -> score_pixels."""
-    decode = decode or scorer.decode_jpegs
+    decode = decode or scorer.decoder.decode_jpegs
     deferred = list(pool.map(loader.deferred, datas[:batch]))
     started = time.perf_counter()
     for start in range(0, len(datas), batch):
@@ -149,8 +149,7 @@ def end_to_end(scorer: Any, datas: list[bytes], batches: list[int], policy: Any,
         loader = CpuLoader(scorer)
     except RuntimeError as exc:
         return [{"error": str(exc)}]
-    gpu_ok = scorer.device.type == "cuda" and bool(getattr(scorer, "gpu_decode", False)) and hasattr(
-        scorer, "decode_jpegs")
+    gpu_ok = scorer.device.type == "cuda" and scorer.decoder is not None
     # A dry run has no GPU: the GPU path's code still runs, with PIL decode + the GPU math on the CPU.
     stand_in = cpu_stand_in_decoder(scorer) if dry_run and not gpu_ok else None
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loader") as pool:

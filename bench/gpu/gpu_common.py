@@ -102,33 +102,35 @@ def jpeg_corpus(count: int, distinct: int, size: tuple[int, int], threads: int) 
 
 
 class CpuLoader:
-    """What a worker's loader threads do with fetched bytes: `moderation.images.load_bytes` with the model's
-    `PreprocessSpec` (draft decode + one resize + normalise -> float32 [3, 224, 224]), or, with
-    `defer=True`, the header check a GPU-decoding worker does instead (the bytes go to nvjpeg)."""
+    """What a worker's loader threads do with fetched bytes: `moderation.decoding.load_data` with the model's
+    `PreprocessSpec` (draft decode + one resize + normalise -> float32 [3, 224, 224]), or, given a decoder,
+    the header check a GPU-decoding worker does instead (the bytes go to nvjpeg)."""
 
     def __init__(self, scorer: Any) -> None:
-        from moderation import images
+        from moderation.decoding import load_data
         from moderation.settings import ImageSettings
 
         self.limits = ImageSettings()
-        self.spec = getattr(scorer, "preprocess_spec", None)
-        parameters = inspect.signature(images.load_bytes).parameters if hasattr(images, "load_bytes") else {}
-        self.load_bytes = images.load_bytes if "spec" in parameters else None
-        self.can_defer = "defer_jpeg" in parameters
-        if self.spec is None or self.load_bytes is None:
-            raise RuntimeError(
-                "this checkout has no load_bytes(data, limits, spec) or scorer.preprocess_spec: "
-                "the fast CPU preprocessing this benchmark measures is missing"
-            )
+        self.spec = scorer.preprocess_spec
+        self.load_data = load_data
+        if self.spec is None:
+            raise RuntimeError("this scorer has no preprocess_spec: the fast CPU preprocessing this benchmark "
+                               "measures is missing")
 
     def pixels(self, data: bytes) -> Any:
-        return self.load_bytes(data, self.limits, self.spec).pixels
+        return self.load_data(data, self.limits, self.spec).pixels
 
     def deferred(self, data: bytes) -> tuple[bytes, int]:
-        item = self.load_bytes(data, self.limits, self.spec, defer_jpeg=True) if self.can_defer else None
-        if item is None or item.encoded is None:
-            raise RuntimeError("load_bytes(defer_jpeg=True) did not defer a plain RGB JPEG")
+        # Any decoder makes load_data stop at the header check; this one is never asked to decode.
+        item = self.load_data(data, self.limits, self.spec, _HeaderCheckOnly())
+        if item.encoded is None:
+            raise RuntimeError("load_data with a decoder did not defer a plain RGB JPEG")
         return item.encoded, item.orientation
+
+
+class _HeaderCheckOnly:
+    def decode_jpegs(self, datas: list[bytes], orientations: list[int]) -> list[Any]:
+        raise AssertionError("the benchmark decodes deferred JPEGs itself")
 
 
 def cpu_stand_in_decoder(scorer: Any) -> Callable[[list[bytes], list[int]], list[Any]]:
