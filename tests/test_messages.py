@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from consumers.dead_letters import dead_letter_message
 from consumers.messages import (
     REVIEW_SCHEMA_VERSION,
     OutgoingMessage,
-    dead_letter_message,
     header,
     review_message,
     review_payload,
