@@ -22,22 +22,13 @@ from typing import Any
 import structlog
 from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import (
-    CommitFailedError,
-    FencedInstanceIdError,
-    IllegalGenerationError,
-    KafkaError,
-    MessageSizeTooLargeError,
-    RebalanceInProgressError,
-    RecordListTooLargeError,
-    UnknownMemberIdError,
-)
+from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from consumers import dead_letters
 from consumers.dead_letters import dead_letter_for
 from consumers.messages import OutgoingMessage, review_message
-from consumers.offsets import to_commit
 from consumers.publishing import SEND_TIMEOUT_S, Sends, flush_and_check, send_all
+from consumers.transaction import Transaction
 from moderation.exceptions import EventError
 from moderation.settings import KafkaSettings
 from moderation.storage import StorageError, VerdictStore
@@ -55,10 +46,6 @@ REASON_EVENT_ID_CONFLICT = "event_id_conflict"
 REASON_UNSTORABLE = "unstorable"  # the database rejects the verdict's data itself: retrying cannot help
 # The broker refuses the message for its size: resending it unchanged can never succeed.
 _REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError)
-# Errors that mean this member's generation is over: retrying the transaction cannot succeed.
-_GROUP_MOVED_ON = (
-    CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError, FencedInstanceIdError
-)
 
 
 @dataclass(frozen=True)
@@ -139,13 +126,22 @@ class Delivery:
         return self._producer
 
     def deliver(self, batch: ScoredBatch, group: Any = None) -> BatchResult:
-        """The delivery guarantee for one batch. In transactional mode, the consumer's `group` metadata lets
-        step 4 join the transaction (then `offsets_committed` is set); else the caller commits the offsets."""
+        """The delivery guarantee for one batch, each step only once the one before succeeded:
+
+        1. persist the verdicts and commit the database transaction
+        2. publish the review messages and the dead letters
+        3. flush the producer and check every send
+        4. commit the offsets: with the messages, in one Kafka transaction (transactional mode, a batch with
+           messages, `group` the consumer's group metadata: `offsets_committed` is set), or else by the
+           consumer's own thread once this returns (consumers/pipeline/ledger.py)
+
+        Then the review messages are recorded as acknowledged, unless a rebalance fenced the transaction.
+        """
         # Step 1. Persist the verdicts and commit the database transaction (idempotent on event_id).
         result, bad = self._persist(batch)
         started = time.perf_counter()
         reviews, outgoing = self._outgoing(result.stored, bad)
-        transaction = _Transaction.begin(self._producer, outgoing, batch.offsets, group, self.transactional)
+        transaction = Transaction.begin(self._producer, outgoing, batch.offsets, group, self.transactional)
         try:
             # Step 2. Publish flagged verdicts to the review topic and bad events to the dead-letter topic.
             sends = send_all(self._producer, outgoing)
@@ -243,7 +239,7 @@ class Delivery:
         ]
         return reviews, outgoing
 
-    def _confirm(self, sends: Sends, transaction: _Transaction) -> None:
+    def _confirm(self, sends: Sends, transaction: Transaction) -> None:
         """Step 3. A dead letter the broker refuses for its size is sent again as a prefix, so one oversized
         message never holds its partition: alone, or (a refusal aborts a transaction) with all the rest."""
         if transaction.atomic:
@@ -273,62 +269,6 @@ class Delivery:
         self.on_step(STEP_FLUSHED, result)
         if reviews:
             self.store.mark_reviews_published([v.event_id for v in reviews])
-
-
-class _Transaction:
-    """Steps 2-4 of a batch as one Kafka transaction, or (`atomic` false) as plain sends whose offsets the
-    consumer commits afterwards. A batch with nothing to publish has nothing to make atomic."""
-
-    def __init__(
-        self, producer: KafkaProducer, offsets: Mapping[TopicPartition, int], group: Any, atomic: bool
-    ) -> None:
-        self.producer = producer
-        self.offsets = offsets
-        self.group = group
-        self.atomic = atomic
-
-    @classmethod
-    def begin(
-        cls, producer: KafkaProducer, outgoing: Sequence[OutgoingMessage], offsets: Mapping[TopicPartition, int],
-        group: Any, transactional: bool,
-    ) -> _Transaction:
-        """Begun (in transactional mode, for a batch with messages): read_committed consumers of the review
-        topic then see each message once."""
-        atomic = transactional and bool(outgoing) and bool(offsets) and group is not None
-        if atomic:
-            producer.begin_transaction()
-        return cls(producer, offsets, group, atomic)
-
-    def restart(self) -> None:
-        """Abort and begin again (the broker refused part of the transaction)."""
-        self._abort_quietly()
-        self.producer.begin_transaction()
-
-    def commit(self) -> bool:
-        """Commit the offsets with the messages; False when they are left to the consumer."""
-        if not self.atomic:
-            return False
-        self.producer.send_offsets_to_transaction(to_commit(self.offsets), self.group)
-        self.producer.commit_transaction()
-        return True
-
-    def abort(self, exc: KafkaError) -> bool:
-        """After `exc`: abort the transaction; True if the group rebalanced under it (fenced), else raise."""
-        if not self.atomic:
-            raise exc
-        self._abort_quietly()
-        if not isinstance(exc, _GROUP_MOVED_ON):
-            raise exc
-        # Its messages were aborted with the transaction and the partitions' new owner redelivers the
-        # batch. Nothing to commit, nothing done here.
-        log.warning("transaction fenced by a rebalance; the new owner redelivers the batch", error=str(exc))
-        return True
-
-    def _abort_quietly(self) -> None:
-        try:
-            self.producer.abort_transaction()
-        except KafkaError as exc:  # the producer is unusable: the retry gets a new one (renew_producer)
-            log.warning("could not abort the transaction", error=str(exc))
 
 
 def _close_replaced(producer: KafkaProducer, attempts: int = 5) -> None:

@@ -1,4 +1,4 @@
-"""consumers/messages.py: review-topic messages for flagged verdicts and dead-letter copies of bad events."""
+"""Review-topic messages for flagged verdicts (messages.py) and dead letters of bad events (dead_letters.py)."""
 
 from __future__ import annotations
 
