@@ -94,14 +94,16 @@ class Worker:
             consumer, self.ledger, self.lag, self.supervisor, self.metrics,
             close_open_batch=self._close_open_batch, drain_timeout_s=self.drain_timeout_s,
         )
+        # The stages, last first: each hands what it makes to the next, the delivery stage to the ledger.
         self._deliver: Stage[ScoredBatch, Delivered] = Stage(
-            "delivery", Deliver(self.delivery, consumer, self.metrics, self.supervisor.abandon), self.ledger.delivered,
-            self.supervisor,
+            "delivery", Deliver(self.delivery, consumer, self.metrics, self.supervisor.abandon),
+            emit=self.ledger.delivered, supervisor=self.supervisor,
         )
         self._score: Stage[Batch, ScoredBatch] = Stage(
-            "scorer", Score(moderator, self.policy_runtime, self.metrics), self._deliver.put, self.supervisor,
-            then=self._deliver,
-            idle=self.policy_runtime.check, idle_every_s=self.policy_runtime.interval_s,  # idle workers reload too
+            "scorer", Score(moderator, self.policy_runtime, self.metrics),
+            emit=self._deliver.put, supervisor=self.supervisor, then=self._deliver,
+            # An idle worker notices policy edits too: the scorer checks the files whenever no batch came.
+            idle=self.policy_runtime.check, idle_every_s=self.policy_runtime.interval_s,
         )
         self._paused = False
         self.pauses = 0  # how often back-pressure paused the partitions (for metrics and tests)
