@@ -16,6 +16,8 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from consumers.offsets import next_offsets
+
 
 @dataclass
 class Batch:
@@ -31,11 +33,7 @@ class Batch:
 
     def next_offsets(self) -> dict[TopicPartition, int]:
         """For each partition, the offset of the next record to read: last record in the batch + 1."""
-        offsets: dict[TopicPartition, int] = {}
-        for record in self.records:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, -1), record.offset + 1)
-        return offsets
+        return next_offsets(self.records)
 
 
 class BatchAssembler:

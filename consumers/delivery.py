@@ -1,16 +1,19 @@
-"""Delivering a scored batch: persist verdicts, publish review and dead-letter messages, flush.
+"""Delivering a scored batch: the four steps of the delivery guarantee, written once, in `Delivery.deliver`.
 
-These are steps 1-3 of the delivery guarantee; step 4, the offset commit, belongs to the consumer's own
-thread (`Worker`), because a kafka-python consumer must only be used from one thread. Each step starts
-only when the one before succeeded, so a crash anywhere leaves the batch uncommitted and redelivered.
+1. persist the verdicts and commit the database transaction, 2. publish review messages and dead
+letters, 3. flush the producer and check every send, 4. commit the offsets. Each step starts only when
+the one before succeeded, so a crash anywhere leaves the batch uncommitted and redelivered.
 
 In transactional mode, steps 2-4 of a batch with messages to publish are one Kafka transaction (the
 producer sends the offsets with the consumer's group metadata); step 1 stays outside it, idempotent.
+Otherwise step 4 is the consumer's to run, on its own thread (a kafka-python consumer must only be used
+from one thread): see consumers/pipeline/ledger.py. `Delivery` owns its producer: it replaces it after a
+broker error and closes it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,20 +22,13 @@ from typing import Any
 import structlog
 from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import (
-    CommitFailedError,
-    FencedInstanceIdError,
-    IllegalGenerationError,
-    KafkaError,
-    MessageSizeTooLargeError,
-    RebalanceInProgressError,
-    RecordListTooLargeError,
-    UnknownMemberIdError,
-)
-from kafka.structs import OffsetAndMetadata
+from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from consumers.messages import OutgoingMessage, dead_letter_message, header, review_message
-from moderation.events import REASON_TOO_LARGE
+from consumers import dead_letters
+from consumers.dead_letters import dead_letter_for
+from consumers.messages import OutgoingMessage, review_message
+from consumers.publishing import SEND_TIMEOUT_S, Sends, flush_and_check, send_all
+from consumers.transaction import Transaction
 from moderation.exceptions import EventError
 from moderation.settings import KafkaSettings
 from moderation.storage import StorageError, VerdictStore
@@ -45,24 +41,39 @@ STEP_PERSISTED = "persisted"
 STEP_FLUSHED = "flushed"
 STEP_COMMITTED = "committed"
 
-SEND_TIMEOUT_S = 60.0
 COUNTERS = ("records", "verdicts", "flagged", "errors", "dead_lettered", "conflicts", "unstorable")
 REASON_EVENT_ID_CONFLICT = "event_id_conflict"
 REASON_UNSTORABLE = "unstorable"  # the database rejects the verdict's data itself: retrying cannot help
-# A dead letter that cannot carry the original bytes (over the producer's max_request_size, or refused by
-# a broker whose message.max.bytes is lower) carries this much of them, with the size and hash in headers.
-DEAD_LETTER_PREFIX_BYTES = 64 * 1024
-_RECORD_OVERHEAD_BYTES = 1024  # batch and record framing, on top of key, value and headers
 # The broker refuses the message for its size: resending it unchanged can never succeed.
 _REFUSED_FOR_SIZE = (MessageSizeTooLargeError, RecordListTooLargeError)
-# Errors that mean this member's generation is over: retrying the transaction cannot succeed.
-_GROUP_MOVED_ON = (
-    CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError, FencedInstanceIdError
-)
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """One batch after scoring: what delivery persists, publishes and commits."""
+
+    number: int  # orders batches for commits
+    size: int  # records polled into the batch, the dead-lettered ones included
+    verdicts: tuple[Verdict, ...] = ()
+    records: tuple[ConsumerRecord, ...] = ()  # each verdict's record, position for position
+    dead_letters: tuple[OutgoingMessage, ...] = ()  # records that broke the event contract
+    offsets: Mapping[TopicPartition, int] = field(default_factory=dict)  # next offset per partition
+
+    def __post_init__(self) -> None:
+        # An event whose event_id turns out to be taken by other content (or whose verdict the database
+        # rejects) is dead-lettered with its original bytes: a verdict without its record is a programming
+        # error, refused before anything is written rather than letting such an event vanish.
+        if len(self.records) < len(self.verdicts):
+            unmatched = list(range(len(self.records), len(self.verdicts)))
+            raise ValueError(f"verdicts at positions {unmatched[:5]} have no record to dead-letter from")
+        if len(self.records) > len(self.verdicts):
+            raise ValueError(f"{len(self.records)} records for {len(self.verdicts)} verdicts")
 
 
 @dataclass
 class BatchResult:
+    """What delivering one batch did, filled in step by step (the `on_step` hooks see it grow)."""
+
     records: int = 0
     verdicts: int = 0
     flagged: int = 0
@@ -74,9 +85,6 @@ class BatchResult:
     # Transactional mode: the group rebalanced under the batch and its transaction was aborted. Nothing of
     # it is committed (the partitions' new owner redelivers it): not to be committed nor counted as done.
     fenced: bool = False
-    truncated: int = 0  # dead letters that carry a prefix of the original bytes (too large to forward)
-    reviews_published: int = 0  # review messages sent (a repeat of an acknowledged verdict sends none)
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)
     stored: list[Verdict] = field(default_factory=list)  # the verdicts as stored, one per event id
     persist_s: float = 0.0
     publish_s: float = 0.0  # sending and flushing
@@ -92,252 +100,186 @@ class BatchResult:
 StepHook = Callable[[str, BatchResult], None]
 
 
-def dead_letter_for(record: ConsumerRecord, error: EventError, topic: str) -> OutgoingMessage:
-    """The dead-letter copy of a record that breaks the event contract."""
-    log.warning(
-        "event dead-lettered", reason=error.reason, detail=error.detail[:300],
-        topic=record.topic, partition=record.partition, offset=record.offset,
-    )
-    return dead_letter_message(
-        topic, key=record.key, value=record.value, headers=list(record.headers or []),
-        reason=error.reason, detail=error.detail, source_topic=record.topic,
-        partition=record.partition, offset=record.offset,
-    )
-
-
-def message_size(message: OutgoingMessage) -> int:
-    """What the producer counts against max_request_size, near enough: key, value, headers, framing."""
-    headers = sum(len(name) + len(value or b"") for name, value in message.headers)
-    return len(message.key or b"") + len(message.value) + headers + _RECORD_OVERHEAD_BYTES
-
-
-def is_dead_letter(message: OutgoingMessage) -> bool:
-    return header(message.headers, "dlq.reason") is not None
-
-
-def truncated_dead_letter(message: OutgoingMessage, why: str) -> OutgoingMessage:
-    """`message` (a dead letter) with a prefix of its value instead of all of it, reason `too_large`.
-
-    Headers say what was cut: `dlq.original.size` and `dlq.original.sha256` of the whole value (so it can be
-    matched with the producer's copy), and the original reason when it was another. The record's own
-    headers are kept unless they alone are too large to forward.
-    """
-    original = message.value
-    reason = header(message.headers, "dlq.reason") or REASON_TOO_LARGE
-    detail = header(message.headers, "dlq.detail") or ""
-    own = [(name, value) for name, value in message.headers if not name.startswith("dlq.")]
-    kept = [(name, value) for name, value in message.headers if name.startswith("dlq.") and name not in (
-        "dlq.reason", "dlq.detail")]
-    if sum(len(name) + len(value or b"") for name, value in own) > DEAD_LETTER_PREFIX_BYTES:
-        own = []
-        kept.append(("dlq.headers_dropped", b"true"))
-    note = f"{why}; this dead letter carries its first {min(len(original), DEAD_LETTER_PREFIX_BYTES)} bytes"
-    if reason != REASON_TOO_LARGE:
-        kept.append(("dlq.original.reason", reason.encode()))
-    extra = [
-        ("dlq.reason", REASON_TOO_LARGE.encode()),
-        ("dlq.detail", f"{detail}; {note}"[:2000].encode(errors="replace")),
-        ("dlq.original.size", str(len(original)).encode()),
-        ("dlq.original.sha256", hashlib.sha256(original).hexdigest().encode()),
-    ]
-    return OutgoingMessage(
-        topic=message.topic,
-        key=(message.key or b"")[:DEAD_LETTER_PREFIX_BYTES] or None,
-        value=original[:DEAD_LETTER_PREFIX_BYTES],
-        headers=[*own, *kept, *extra],
-    )
-
-
 class Delivery:
+    """Steps 1-4 for each batch, through a store and a producer; the producer is this object's from now on."""
+
     def __init__(
-        self, *, store: VerdictStore, producer: KafkaProducer, kafka: KafkaSettings, on_step: StepHook
+        self,
+        *,
+        store: VerdictStore,
+        producer: KafkaProducer,
+        kafka: KafkaSettings,
+        on_step: StepHook,
+        renew: Callable[[], KafkaProducer] | None = None,
     ) -> None:
         self.store = store
-        self.producer = producer
+        self._producer = producer
+        self._renew = renew  # makes the producer that replaces this one after a broker error (None: never)
         self.review_topic = kafka.review_topic
         self.dead_letter_topic = kafka.dead_letter_topic
         self.transactional = kafka.delivery_mode == "transactional"
         self.on_step = on_step
 
-    def deliver(
-        self,
-        verdicts: Sequence[Verdict],
-        dead_letters: Sequence[OutgoingMessage],
-        result: BatchResult,
-        records: Mapping[int, ConsumerRecord],
-        offsets: Mapping[TopicPartition, int] | None = None,
-        group: Any = None,
-    ) -> None:
-        """Steps 1-3 for one batch. `records` maps each verdict's position to its record, so an event whose
-        event_id turns out to be taken by other content (or whose verdict the database rejects) can be
-        dead-lettered with its original bytes; a verdict without its record is a programming error,
-        refused before anything is written rather than letting such an event vanish.
-        In transactional mode, `offsets` and the consumer's `group` metadata let step 4 join the
-        transaction (then `result.offsets_committed` is set)."""
-        # Step 1: write every verdict in one database transaction (idempotent on event_id). What comes
-        # back is what is stored: for a redelivered event, the row written the first time. Repeats of
-        # one event id inside the batch come back as the same stored verdict: act on it once.
-        if unmatched := [i for i in range(len(verdicts)) if i not in records]:
-            raise ValueError(f"verdicts at positions {unmatched[:5]} have no record to dead-letter from")
+    @property
+    def producer(self) -> KafkaProducer:
+        """The producer in use (a broker error may have replaced the first one)."""
+        return self._producer
+
+    def deliver(self, batch: ScoredBatch, group: Any = None) -> BatchResult:
+        """The delivery guarantee for one batch, each step only once the one before succeeded:
+
+        1. persist the verdicts and commit the database transaction
+        2. publish the review messages and the dead letters
+        3. flush the producer and check every send
+        4. commit the offsets: with the messages, in one Kafka transaction (transactional mode, a batch with
+           messages, `group` the consumer's group metadata: `offsets_committed` is set), or else by the
+           consumer's own thread once this returns (consumers/pipeline/ledger.py)
+
+        Then the review messages are recorded as acknowledged, unless a rebalance fenced the transaction.
+        """
+        # Step 1. Persist the verdicts and commit the database transaction (idempotent on event_id).
+        result, bad = self._persist(batch)
         started = time.perf_counter()
-        saved, unstorable = self._save(verdicts, records)
+        reviews, outgoing = self._outgoing(result.stored, bad)
+        transaction = Transaction.begin(self._producer, outgoing, batch.offsets, group, self.transactional)
+        try:
+            # Step 2. Publish flagged verdicts to the review topic and bad events to the dead-letter topic.
+            sends = send_all(self._producer, outgoing)
+            # Step 3. Flush the producer and check every send was acknowledged (raises if one failed).
+            self._confirm(sends, transaction)
+            # Step 4. Commit the offsets: in the Kafka transaction, else on the consumer's thread after this.
+            result.offsets_committed = transaction.commit()
+        except KafkaError as exc:
+            result.fenced = transaction.abort(exc)  # re-raises unless a rebalance fenced the transaction
+        result.publish_s = time.perf_counter() - started
+        if not result.fenced:
+            self._acknowledge(result, reviews)
+        return result
+
+    def renew_producer(self) -> None:
+        """Publish the retry through a new producer: an idempotent producer whose producer id the broker no
+        longer knows (a broker that lost its state) refuses every later send. The old one is closed without
+        waiting; the retry sends the whole batch's messages again, under the same keys and event ids."""
+        if self._renew is None:
+            return
+        try:
+            producer = self._renew()
+        except KafkaError as exc:  # the broker is still away: keep the old one until the next failure
+            log.warning("no new producer yet", error=str(exc))
+            return
+        old, self._producer = self._producer, producer
+        threading.Thread(target=_close_replaced, args=(old,), name="producer-close", daemon=True).start()
+        log.warning("producer replaced after a broker error")
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Close the producer in use (what it still holds gets `timeout_s` to reach the broker)."""
+        self._producer.close(timeout=timeout_s)
+
+    def _persist(self, batch: ScoredBatch) -> tuple[BatchResult, list[OutgoingMessage]]:
+        """Step 1, and the dead letters it adds. What comes back is what is stored: for a redelivered
+        event, the row written the first time; repeats of one event id in the batch are acted on once."""
+        started = time.perf_counter()
+        saved, unstorable = self._save(batch)
         stored = list({v.event_id: v for v in saved if v is not None}.values())
-        result.persist_s = time.perf_counter() - started
+        persist_s = time.perf_counter() - started
         # An event_id already stored for another image: this event's image was never checked, and the
         # stored verdict is not about it. Dead-letter it (never silently dropped) and act on the stored one.
         conflicts = [
-            dead_letter_for(records[i], EventError(REASON_EVENT_ID_CONFLICT, conflict), self.dead_letter_topic)
-            for i, (attempt, kept) in enumerate(zip(verdicts, saved, strict=True))
+            self._dead_letter(batch.records[i], REASON_EVENT_ID_CONFLICT, conflict)
+            for i, (attempt, kept) in enumerate(zip(batch.verdicts, saved, strict=True))
             if kept is not None and (conflict := _conflict(attempt, kept))
         ]
-        dead_letters = [*dead_letters, *conflicts, *unstorable]
-        result.unstorable = len(unstorable)
-        result.stored = stored
-        result.verdicts = len(stored)
-        result.flagged = sum(v.flagged for v in stored)
-        result.errors = sum(v.status is VerdictStatus.ERROR for v in stored)
-        result.dead_lettered = len(dead_letters)
-        result.conflicts = len(conflicts)
+        bad = [*batch.dead_letters, *conflicts, *unstorable]
+        result = BatchResult(
+            records=batch.size, verdicts=len(stored), flagged=sum(v.flagged for v in stored),
+            errors=sum(v.status is VerdictStatus.ERROR for v in stored), dead_lettered=len(bad),
+            conflicts=len(conflicts), unstorable=len(unstorable), stored=stored, persist_s=persist_s,
+        )
         self.on_step(STEP_PERSISTED, result)
+        return result, bad
 
-        started = time.perf_counter()
-        # Step 2: publish flagged verdicts to the review topic and bad events to the dead-letter topic. A
-        # verdict whose review message was acknowledged before (the event re-sent, or a conflicting event
-        # under its id) is not published again.
-        flagged = [v for v in stored if v.flagged]
-        published = self.store.reviews_published([v.event_id for v in flagged]) if flagged else set()
-        reviews = [review_message(self.review_topic, v) for v in flagged if v.event_id not in published]
-        limit = int(self.producer.config.get("max_request_size", 1024 * 1024))
-        outgoing = [*reviews, *(self._fit(m, limit) for m in dead_letters)]
-        result.truncated = sum(header(m.headers, "dlq.original.size") is not None for m in outgoing)
-        if self.transactional and outgoing and offsets is not None and group is not None:
-            # Steps 2-4 as one Kafka transaction: the messages and the batch's offsets commit together or
-            # not at all, so read_committed consumers of the review topic see each message once.
-            try:
-                self._publish_in_transaction(outgoing, offsets, group)
-            except _GROUP_MOVED_ON as exc:
-                # The group rebalanced under this batch: its messages were aborted with the transaction
-                # and the partitions' new owner redelivers it. Nothing to commit, nothing done here.
-                log.warning("transaction fenced by a rebalance; the new owner redelivers the batch", error=str(exc))
-                result.fenced = True
-            else:
-                result.offsets_committed = True
-        else:
-            # A batch with nothing to publish has nothing to make atomic: its offsets are committed by
-            # the consumer, in both modes.
-            # Step 3: flush the producer and check every send was acknowledged (raises if one failed).
-            self._publish(outgoing)
-        result.publish_s = time.perf_counter() - started
-        if result.fenced:
-            return
-        result.reviews_published = len(reviews)
-        self.on_step(STEP_FLUSHED, result)
-        # Acknowledged: a repeat of these events publishes nothing more. A crash between the flush above
-        # and this record is the one window in which a review message can be sent twice.
-        if reviews:
-            self.store.mark_reviews_published([v.event_id for v in flagged if v.event_id not in published])
-        # Step 4, committing result.offsets, happens on the consumer's thread (Worker._commit_finished),
-        # unless the transaction above carried them.
-
-    @staticmethod
-    def _fit(message: OutgoingMessage, limit: int) -> OutgoingMessage:
-        """A dead letter the producer would refuse for its size, cut down to one it can send."""
-        if message_size(message) <= limit:
-            return message
-        log.warning("dead letter too large to forward whole; sending a prefix", size=len(message.value), limit=limit)
-        return truncated_dead_letter(message, f"the message ({len(message.value)} bytes) is over the "
-                                     f"producer's max_request_size ({limit} bytes)")
-
-    @staticmethod
-    def _shrunk(outgoing: Sequence[OutgoingMessage], exc: KafkaError) -> list[OutgoingMessage] | None:
-        """After the broker refused a message for its size: the dead letters cut to a prefix, or None when
-        there is nothing left to cut (the refusal then stands)."""
-        shrunk = [
-            truncated_dead_letter(m, f"the broker refused it as too large ({type(exc).__name__})")
-            if is_dead_letter(m) and len(m.value) > DEAD_LETTER_PREFIX_BYTES
-            else m
-            for m in outgoing
-        ]
-        return shrunk if shrunk != list(outgoing) else None
-
-    def _publish(self, outgoing: Sequence[OutgoingMessage]) -> None:
-        """Send, flush and check every message; a dead letter the broker refuses for its size is sent
-        again as a prefix, so one oversized message never holds its partition."""
-        producer = self.producer
-        futures = [(m, producer.send(m.topic, key=m.key, value=m.value, headers=m.headers)) for m in outgoing]
-        producer.flush(timeout=SEND_TIMEOUT_S)
-        retry: list[OutgoingMessage] = []
-        for message, future in futures:
-            try:
-                future.get(timeout=SEND_TIMEOUT_S)
-            except _REFUSED_FOR_SIZE as exc:
-                shrunk = self._shrunk([message], exc)
-                if shrunk is None:
-                    raise
-                log.warning("the broker refused a dead letter as too large; sending a prefix", error=str(exc))
-                retry.extend(shrunk)
-        if retry:
-            self._publish(retry)
-
-    def _publish_in_transaction(
-        self, outgoing: Sequence[OutgoingMessage], offsets: Mapping[TopicPartition, int], group: Any
-    ) -> None:
-        try:
-            self._in_transaction(outgoing, offsets, group)
-        except _REFUSED_FOR_SIZE as exc:  # the transaction was aborted: run it again with the prefixes
-            shrunk = self._shrunk(outgoing, exc)
-            if shrunk is None:
-                raise
-            log.warning("the broker refused a dead letter as too large; sending a prefix", error=str(exc))
-            self._in_transaction(shrunk, offsets, group)
-
-    def _save(
-        self, verdicts: Sequence[Verdict], records: Mapping[int, ConsumerRecord]
-    ) -> tuple[list[Verdict | None], list[OutgoingMessage]]:
+    def _save(self, batch: ScoredBatch) -> tuple[list[Verdict | None], list[OutgoingMessage]]:
         """Save the batch; if the database rejects its data (not a connection problem), find the verdicts
         it rejects by saving them one at a time and dead-letter their events (`unstorable`), so one bad
         row cannot hold its partition for ever. Returns, per input verdict, what is stored (None for the
         rejected) and the dead letters. Connection errors propagate: the batch is retried whole."""
         try:
-            return list(self.store.save_batch(verdicts)), []
+            return list(self.store.save_batch(batch.verdicts)), []
         except StorageError as exc:
             if not exc.permanent:
                 raise
             log.error("the database rejects part of a batch; saving it verdict by verdict", error=str(exc))
         saved: list[Verdict | None] = []
         unstorable: list[OutgoingMessage] = []
-        for i, verdict in enumerate(verdicts):
+        for verdict, record in zip(batch.verdicts, batch.records, strict=True):
             try:
                 saved.extend(self.store.save_batch([verdict]))
             except StorageError as exc:
                 if not exc.permanent:
                     raise
                 saved.append(None)
-                unstorable.append(
-                    dead_letter_for(records[i], EventError(REASON_UNSTORABLE, str(exc)), self.dead_letter_topic)
-                )
+                unstorable.append(self._dead_letter(record, REASON_UNSTORABLE, str(exc)))
         return saved, unstorable
 
-    def _in_transaction(
-        self, outgoing: Sequence[OutgoingMessage], offsets: Mapping[TopicPartition, int], group: Any
-    ) -> None:
-        producer = self.producer
-        producer.begin_transaction()
-        try:
-            futures = [producer.send(m.topic, key=m.key, value=m.value, headers=m.headers) for m in outgoing]
-            producer.flush(timeout=SEND_TIMEOUT_S)
-            for future in futures:
-                future.get(timeout=SEND_TIMEOUT_S)
-            producer.send_offsets_to_transaction(
-                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}, group
-            )
-            producer.commit_transaction()
-        except KafkaError:
+    def _dead_letter(self, record: ConsumerRecord, reason: str, detail: str) -> OutgoingMessage:
+        return dead_letter_for(record, EventError(reason, detail), self.dead_letter_topic)
+
+    def _outgoing(
+        self, stored: Sequence[Verdict], bad: Sequence[OutgoingMessage]
+    ) -> tuple[list[Verdict], list[OutgoingMessage]]:
+        """Step 2's messages: a review message per flagged verdict, except those acknowledged before (the
+        event re-sent, or a conflicting event under its id), and the dead letters, cut to fit if need be."""
+        flagged = [v for v in stored if v.flagged]
+        published = self.store.reviews_published([v.event_id for v in flagged]) if flagged else set()
+        reviews = [v for v in flagged if v.event_id not in published]
+        limit = int(self._producer.config.get("max_request_size", 1024 * 1024))
+        outgoing = [
+            *(review_message(self.review_topic, v) for v in reviews),
+            *(dead_letters.fit(m, limit) for m in bad),
+        ]
+        return reviews, outgoing
+
+    def _confirm(self, sends: Sends, transaction: Transaction) -> None:
+        """Step 3. A dead letter the broker refuses for its size is sent again as a prefix, so one oversized
+        message never holds its partition: alone, or (a refusal aborts a transaction) with all the rest."""
+        if transaction.atomic:
             try:
-                producer.abort_transaction()
-            except KafkaError as exc:  # the producer is unusable: the retry gets a new one (Worker)
-                log.warning("could not abort the transaction", error=str(exc))
-            raise
+                flush_and_check(self._producer, sends)
+            except _REFUSED_FOR_SIZE as exc:
+                cut = dead_letters.shrunk([m for m, _ in sends], exc)
+                if cut is None:
+                    raise
+                log.warning("the broker refused a dead letter as too large; sending a prefix", error=str(exc))
+                transaction.restart()
+                flush_and_check(self._producer, send_all(self._producer, cut))
+            return
+        retry: list[OutgoingMessage] = []
+        for message, exc in flush_and_check(self._producer, sends, tolerate=_REFUSED_FOR_SIZE):
+            cut = dead_letters.shrunk([message], exc)
+            if cut is None:
+                raise exc
+            log.warning("the broker refused a dead letter as too large; sending a prefix", error=str(exc))
+            retry.extend(cut)
+        if retry:
+            self._confirm(send_all(self._producer, retry), transaction)
+
+    def _acknowledge(self, result: BatchResult, reviews: Sequence[Verdict]) -> None:
+        """Record the review messages as acknowledged: a repeat of these events publishes nothing more. A
+        crash between the flush and this record is the one window in which one can be sent twice."""
+        self.on_step(STEP_FLUSHED, result)
+        if reviews:
+            self.store.mark_reviews_published([v.event_id for v in reviews])
+
+
+def _close_replaced(producer: KafkaProducer, attempts: int = 5) -> None:
+    """Close a replaced producer off the delivery thread. kafka-python's close() flushes first and gives up
+    on a timeout; what it holds expires after its delivery timeout (2 min), so a later attempt gets through."""
+    for _ in range(attempts):
+        try:
+            producer.close(timeout=SEND_TIMEOUT_S)
+            return
+        except KafkaError as exc:
+            log.debug("replaced producer still holds messages", error=str(exc))
 
 
 def _conflict(attempt: Verdict, kept: Verdict) -> str:

@@ -1,4 +1,4 @@
-"""What we publish: review-topic messages for flagged verdicts and dead-letter copies of bad events.
+"""What we publish: review-topic messages for flagged verdicts (dead letters: consumers/dead_letters.py).
 
 Review messages are keyed by ``content_id`` and carry the ``event_id`` in a header as well as in the
 body, so a review tool can drop the repeats an at-least-once redelivery may cause.
@@ -57,30 +57,6 @@ def review_message(topic: str, verdict: Verdict) -> OutgoingMessage:
             ("content-type", b"application/json"),
         ],
     )
-
-
-def dead_letter_message(
-    topic: str,
-    *,
-    key: bytes | None,
-    value: bytes | None,
-    headers: Headers,
-    reason: str,
-    detail: str,
-    source_topic: str,
-    partition: int,
-    offset: int,
-) -> OutgoingMessage:
-    """The original bytes, untouched, with why and where from in headers (original headers kept)."""
-    extra: Headers = [
-        ("dlq.reason", reason.encode()),
-        ("dlq.detail", detail[:2000].encode(errors="replace")),
-        ("dlq.source.topic", source_topic.encode()),
-        ("dlq.source.partition", str(partition).encode()),
-        ("dlq.source.offset", str(offset).encode()),
-        ("dlq.failed_at", datetime.now(timezone.utc).isoformat().encode()),
-    ]
-    return OutgoingMessage(topic=topic, key=key, value=value or b"", headers=[*headers, *extra])
 
 
 def header(headers: Headers | None, name: str) -> str | None:

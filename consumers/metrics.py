@@ -9,6 +9,7 @@ collectors (CPU, memory, open files, GC), which describe the whole process.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
 from prometheus_client import (
@@ -24,7 +25,9 @@ from prometheus_client import (
 )
 
 from consumers.delivery import BatchResult
-from moderation.policy_book import PolicyBook
+from consumers.messages import OutgoingMessage, header
+from moderation.policy_book import PolicyBook, ReloadReport
+from moderation.verdict import Verdict, VerdictStatus
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
@@ -115,6 +118,64 @@ class WorkerMetrics:
             "Shadow verdicts whose flagged differs from the verdict acted on, by shadow policy version.",
             ["policy_version"], registry=r,
         )
+
+    # -- what the pipeline's stages count, each in one place -------------------------------------------
+
+    def polled(self, records: int, seconds: float) -> None:
+        self.stage_seconds.labels("poll").observe(seconds)
+        self.events_consumed.inc(records)
+
+    def in_flight(self, batches: int) -> None:
+        self.batches_in_flight.set(batches)
+
+    def paused(self) -> None:
+        self.back_pressure_pauses.inc()
+
+    def error(self, exc: BaseException) -> None:
+        self.errors.labels(type(exc).__name__).inc()
+
+    def loaded(self, load_ms: Iterable[float]) -> None:
+        for ms in load_ms:
+            self.stage_seconds.labels("load").observe(ms / 1000.0)
+
+    def scored(self, verdicts: Sequence[Verdict], seconds: float) -> None:
+        """One forward pass's verdicts: the time it took, the uncertain, the reused, the shadows."""
+        self.stage_seconds.labels("score").observe(seconds)
+        for verdict in verdicts:
+            if verdict.uncertain:
+                self.uncertain.labels(verdict.top_category or "").inc()
+            if verdict.embedding_reused:
+                self.embeddings_reused.inc()
+            for shadow in verdict.shadows:
+                self.shadow_verdicts.labels(shadow.policy_version, str(shadow.flagged).lower()).inc()
+                if shadow.flagged != verdict.flagged:
+                    self.shadow_disagreements.labels(shadow.policy_version).inc()
+        self.images_scored.inc(sum(v.status is VerdictStatus.OK and not v.embedding_reused for v in verdicts))
+
+    def dead_lettered(self, messages: Iterable[OutgoingMessage]) -> None:
+        """Events dead-lettered as they were read (conflicts and unstorable ones count at their commit)."""
+        for message in messages:
+            self.dead_letters.labels(header(message.headers, "dlq.reason") or "unknown").inc()
+
+    def batch_fenced(self) -> None:
+        self.batches_fenced.inc()
+
+    def partitions_assigned(self, count: int) -> None:
+        self.assigned_partitions.set(count)
+
+    def lag(self, topic: str, partition: int, records: int) -> None:
+        self.consumer_lag.labels(topic, str(partition)).set(records)
+
+    def policies_checked(self, report: ReloadReport, book: PolicyBook, refused_files: int) -> None:
+        """A policy check's outcome: edits applied and refused, the book now in force, files now refused."""
+        if report.applied:
+            self.policy_reloads.labels("applied").inc(len(report.applied))
+        if report.refused:
+            self.policy_reloads.labels("refused").inc(len(report.refused))
+        if report.applied:
+            self.policies_in_force(book)
+        if report:
+            self.policy_files_refused.set(refused_files)
 
     def batch_committed(self, result: BatchResult, commit_s: float) -> None:
         now = datetime.now(timezone.utc)

@@ -16,13 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from consumers.clients import make_consumer, make_producer
-from consumers.messages import OutgoingMessage, dead_letter_message
+from consumers.dead_letters import dead_letter_for
+from consumers.messages import OutgoingMessage
+from consumers.offsets import next_offsets, to_commit
+from consumers.publishing import publish
 from moderation.exceptions import EventError
 from moderation.outcomes import ReviewOutcome, parse_outcome
 from moderation.settings import Settings
@@ -34,7 +36,6 @@ log = structlog.get_logger("moderation.outcomes")
 
 POLL_TIMEOUT_MS = 500  # how often an idle loop notices a stop request
 MAX_POLL_RECORDS = 500  # outcomes are tiny: one transaction per few hundred
-SEND_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -94,20 +95,15 @@ class OutcomeConsumer:
             try:
                 outcomes.append(parse_outcome(record.value))
             except EventError as error:
-                dead_letters.append(self._dead_letter(record, error))
+                dead_letters.append(dead_letter_for(record, error, self.dead_letter_topic, what="review outcome"))
         delay_s = self.backoff_s
         while True:
             try:
                 # Step 1: every valid outcome in one transaction (an upsert: repeats change nothing).
                 stored = self.store.save_many(outcomes)
-                # Step 2: the invalid ones to the dead-letter topic, original bytes untouched.
-                futures = [
-                    self.producer.send(m.topic, key=m.key, value=m.value, headers=m.headers) for m in dead_letters
-                ]
-                # Step 3: flush and check every send was acknowledged (raises if one failed).
-                self.producer.flush(timeout=SEND_TIMEOUT_S)
-                for future in futures:
-                    future.get(timeout=SEND_TIMEOUT_S)
+                # Step 2: the invalid ones to the dead-letter topic, original bytes untouched; step 3: flush
+                # and check every send was acknowledged (raises if one failed).
+                publish(self.producer, dead_letters)
             except (StorageError, KafkaError) as exc:
                 self.totals.retries += 1
                 log.error("outcome delivery failed, retrying", records=len(records), error=str(exc), retry_in_s=delay_s)
@@ -138,26 +134,10 @@ class OutcomeConsumer:
             self.consumer.resume(*self.consumer.paused())
         return stop.is_set()
 
-    def _dead_letter(self, record: ConsumerRecord, error: EventError) -> OutgoingMessage:
-        log.warning(
-            "review outcome dead-lettered", reason=error.reason, detail=error.detail[:300],
-            topic=record.topic, partition=record.partition, offset=record.offset,
-        )
-        return dead_letter_message(
-            self.dead_letter_topic, key=record.key, value=record.value, headers=list(record.headers or []),
-            reason=error.reason, detail=error.detail, source_topic=record.topic,
-            partition=record.partition, offset=record.offset,
-        )
-
     def _commit(self, records: Sequence[ConsumerRecord]) -> None:
         """Step 4: commit past the last record of each partition in the batch."""
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            if tp not in offsets or offsets[tp].offset <= record.offset:
-                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
         try:
-            self.consumer.commit(offsets)
+            self.consumer.commit(to_commit(next_offsets(records)))
         except CommitFailedError as exc:
             # The group rebalanced (or this member overran max_poll_interval_ms waiting on the database):
             # the next owner starts from the last commit and the upsert makes the repeat harmless.

@@ -1,4 +1,4 @@
-"""Wiring for one worker process: settings -> scorer, policy, store, Kafka clients -> `Worker.run`."""
+"""Wiring for one worker process: settings -> policy files, scorer, store, Kafka clients -> `Worker.run`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import time
 import structlog
 
 from consumers.clients import ensure_topics, make_consumer, make_worker_producer
+from consumers.delivery import BatchResult
 from consumers.metrics import WorkerMetrics
 from consumers.ops import CachedCheck, Check, OpsServer
+from consumers.pipeline import Worker
 from consumers.signals import install_stop_signals  # noqa: F401 - re-exported for callers
-from consumers.worker import BatchResult, Worker
 from moderation.clip_scorer import ClipScorer
 from moderation.exceptions import ConfigurationError
 from moderation.moderator import Moderator
@@ -25,12 +26,15 @@ from moderation.storage.migrate import require_compatible
 log = structlog.get_logger("moderation.service")
 
 
-def build_moderator(settings: Settings, model: str | None = None, store: VerdictStore | None = None) -> Moderator:
+def build_moderator(
+    settings: Settings, model: str | None = None, store: VerdictStore | None = None, files: PolicyFiles | None = None
+) -> Moderator:
     """Load the policies first (cheap, and the likelier mistake), then the model, then warm the text side.
 
-    With a `store`, images already embedded by this model are looked up in its embeddings table.
+    With a `store`, images already embedded by this model are looked up in its embeddings table. The
+    moderator gets the book of `files` (loaded from the settings if not given); a worker watches the files.
     """
-    files = PolicyFiles(settings.policy)
+    files = files or PolicyFiles(settings.policy)
     scorer = ClipScorer.from_settings(settings.model, model)
     book = files.book
     for policy in book.every_policy():
@@ -52,7 +56,7 @@ def build_moderator(settings: Settings, model: str | None = None, store: Verdict
             lookup = GuardedLookup(EmbeddingStore(store.engine).get_many)
         cache = EmbeddingCache(scorer.model_id, embeddings.cache_size, lookup)
     return Moderator(
-        scorer, files, settings.images, loader_threads=threads, cache=cache, keep_embeddings=embeddings.store
+        scorer, book, settings.images, loader_threads=threads, cache=cache, keep_embeddings=embeddings.store
     )
 
 
@@ -112,7 +116,7 @@ class WorkerHealth:
         def policy() -> tuple[bool, str]:
             default = worker.moderator.policy  # read each time: reloads swap it
             detail = f"{default.path} version {default.version}"
-            refused = dict(worker.refused_policies)  # a copy: the scorer thread updates it
+            refused = worker.policy_runtime.refused  # a copy: the scorer thread updates it
             if refused:
                 edits = "; ".join(
                     f"{path}: " + ", ".join(f"{field}: {problem}" for field, problem in error.problems)
@@ -136,21 +140,24 @@ def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator |
     metrics = WorkerMetrics()
     health = WorkerHealth()
     ops = start_ops_server(settings, metrics, health) if settings.ops.enabled else None
-    consumer = producer = store = worker = None
+    consumer = store = worker = None
     try:
         health.starting("opening the database")
         store = open_store(settings)
         if moderator is None:
             health.starting("loading the model and policies")
-            moderator = build_moderator(settings, store=store)
+            files = PolicyFiles(settings.policy)
+            moderator = build_moderator(settings, store=store, files=files)
+        else:  # built by the caller from these settings: its book's files, watched from here on
+            files = PolicyFiles(settings.policy)
         kafka = settings.kafka
         health.starting("connecting to Kafka")
         ensure_topics(settings, [kafka.review_topic, kafka.dead_letter_topic])
         consumer = make_consumer(settings)
-        producer = make_worker_producer(settings)
         worker = Worker(
-            consumer=consumer, producer=producer, moderator=moderator, store=store, settings=settings,
-            metrics=metrics, producer_factory=lambda: make_worker_producer(settings),
+            consumer=consumer, producer=make_worker_producer(settings), moderator=moderator, store=store,
+            settings=settings, metrics=metrics, producer_factory=lambda: make_worker_producer(settings),
+            policies=files,
         )
         describe(metrics, moderator)
         health.running(settings, worker, store)
@@ -160,9 +167,7 @@ def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator |
         if consumer is not None:
             consumer.close(autocommit=False)
         if worker is not None:
-            worker.producer.close(timeout=10)  # the one in use: a broker error may have replaced it
-        elif producer is not None:
-            producer.close(timeout=10)
+            worker.close()  # its producer: the one in use, which a broker error may have replaced
         if moderator is not None:
             moderator.close()
         if store is not None:

@@ -34,7 +34,7 @@ from moderation.events import ImageEvent
 from moderation.exceptions import ImageLoadError
 from moderation.images import LoadedImage
 from moderation.policy import LoadedPolicy
-from moderation.policy_book import PolicyBook, PolicyFiles, ReloadReport
+from moderation.policy_book import PolicyBook
 from moderation.policy_scoring import score_by_source
 from moderation.reuse import EmbeddingCache
 from moderation.settings import ImageSettings
@@ -63,7 +63,7 @@ class Moderator:
     def __init__(
         self,
         scorer: Scorer,
-        policy: LoadedPolicy | PolicyBook | PolicyFiles,
+        policy: LoadedPolicy | PolicyBook,
         limits: ImageSettings,
         loader_threads: int = 4,
         *,
@@ -71,12 +71,8 @@ class Moderator:
         keep_embeddings: bool = True,
     ) -> None:
         self.scorer: Scorer = scorer
-        # Watched files are re-checked by `refresh_policies`; a book or a single policy stays as given.
-        self.policy_files = policy if isinstance(policy, PolicyFiles) else None
-        if isinstance(policy, PolicyFiles):
-            self.policies = policy.book
-        else:
-            self.policies = policy if isinstance(policy, PolicyBook) else PolicyBook(policy)
+        # The runtime owns the policy files (consumers/pipeline/policies.py): this only ever gets a book.
+        self.policies = policy if isinstance(policy, PolicyBook) else PolicyBook(policy)
         self.limits = limits
         scorer.keep_policies(len(self.policies.every_policy()))
         self.cache = cache  # None: every image goes through the image tower
@@ -96,15 +92,6 @@ class Moderator:
         for policy in policies:
             self.scorer.policy_text(policy)
         self.policies = book  # one assignment: a batch being scored keeps the book it started with
-
-    def refresh_policies(self) -> ReloadReport:
-        """Between batches: apply edited policy files that validate (see moderation/policy_book.py)."""
-        if self.policy_files is None:
-            return ReloadReport()
-        report = self.policy_files.check()
-        if report.applied:
-            self.use_policies(self.policy_files.book)
-        return report
 
     def close(self) -> None:
         if self._pool is not None:

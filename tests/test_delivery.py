@@ -21,11 +21,13 @@ from kafka.errors import IllegalGenerationError, MessageSizeTooLargeError
 from sqlalchemy import delete
 
 from consumers.clients import make_producer
-from consumers.delivery import DEAD_LETTER_PREFIX_BYTES, BatchResult, Delivery
-from consumers.messages import OutgoingMessage, dead_letter_message, header
+from consumers.dead_letters import DEAD_LETTER_PREFIX_BYTES, dead_letter_message
+from consumers.delivery import Delivery, ScoredBatch
+from consumers.messages import OutgoingMessage, header
 from consumers.metrics import WorkerMetrics
+from consumers.pipeline.items import Delivered
+from consumers.pipeline.ledger import Ledger
 from consumers.producer import file_event, send_events
-from consumers.worker import Worker
 from moderation.settings import Settings
 from moderation.storage import VerdictStore, create_engine_for, upgrade
 from moderation.storage.models import review_publications_table
@@ -174,8 +176,7 @@ def test_a_dead_letter_the_broker_refuses_for_its_size_is_sent_as_a_prefix(sqlit
     producer = FakeProducer(lambda value: MessageSizeTooLargeError() if len(value) > 1_000_000 else None)
     delivery, _ = delivery_for(sqlite_url, producer)
     big = b"{" * 2_000_000
-    result = BatchResult()
-    delivery.deliver([], [dead_letter(big)], result, {})
+    result = delivery.deliver(ScoredBatch(number=1, size=1, dead_letters=(dead_letter(big),)))
     assert producer.sent == [("dlq", big[:DEAD_LETTER_PREFIX_BYTES])]
     assert result.dead_lettered == 1
 
@@ -184,7 +185,7 @@ def test_a_refusal_that_no_prefix_can_fix_is_raised_not_looped(sqlite_url: str) 
     producer = FakeProducer(lambda value: MessageSizeTooLargeError())
     delivery, _ = delivery_for(sqlite_url, producer)
     with pytest.raises(MessageSizeTooLargeError):
-        delivery.deliver([], [dead_letter(b"{" * 2_000_000)], BatchResult(), {})
+        delivery.deliver(ScoredBatch(number=1, size=1, dead_letters=(dead_letter(b"{" * 2_000_000),)))
     assert producer.sent == []
 
 
@@ -200,27 +201,27 @@ def flagged_verdict(event_id: str) -> Verdict:
 def test_a_fenced_transaction_is_neither_committed_nor_acknowledged(sqlite_url: str) -> None:
     producer = FakeProducer()
     delivery, store = delivery_for(sqlite_url, producer, delivery_mode="transactional")
-    result = BatchResult()
     verdict = flagged_verdict("e-1")
     payload = json.dumps({"event_id": "e-1"}).encode()
-    delivery.deliver([verdict], [], result, {0: record(payload)}, {TopicPartition("images", 0): 1}, group=object())
+    offsets = {TopicPartition("images", 0): 1}
+    batch = ScoredBatch(number=1, size=1, verdicts=(verdict,), records=(record(payload),), offsets=offsets)
+    result = delivery.deliver(batch, group=object())
     assert result.fenced and not result.offsets_committed
     assert "abort" in producer.calls and "commit" not in producer.calls
     assert store.reviews_published(["e-1"]) == set()  # the new owner publishes it again, and records it
 
     metrics = WorkerMetrics()
-    counted = Worker.__new__(Worker)  # only the bookkeeping under test, no clients
-    counted.metrics, counted._in_flight, counted._committed_offsets = metrics, 1, {}
-    counted.totals, counted.on_step = BatchResult(), lambda *_: None
-    counted._committed(type("B", (), {"number": 1})(), result, 0.0)  # type: ignore[arg-type]
+    counted = Ledger(metrics)  # only the bookkeeping under test, no clients
+    counted.dispatched()
+    counted.settle(Delivered(1, result, offsets), commit_s=0.0)
     assert metrics.registry.get_sample_value("moderation_batches_fenced_total") == 1
     assert metrics.registry.get_sample_value("moderation_batch_size_images_count") == 0  # no batch counted
-    assert counted.totals.verdicts == 0 and counted._committed_offsets == {}
+    assert counted.totals.verdicts == 0 and counted.committed_offsets == {}
 
 
 def test_a_verdict_without_its_record_is_refused_before_anything_is_stored(sqlite_url: str) -> None:
     producer = FakeProducer()
     delivery, store = delivery_for(sqlite_url, producer)
     with pytest.raises(ValueError, match="no record"):
-        delivery.deliver([flagged_verdict("e-1")], [], BatchResult(), {})
+        delivery.deliver(ScoredBatch(number=1, size=1, verdicts=(flagged_verdict("e-1"),)))
     assert store.count() == 0 and producer.sent == []

@@ -1,4 +1,4 @@
-"""consumers/messages.py: review-topic messages for flagged verdicts and dead-letter copies of bad events."""
+"""Review-topic messages for flagged verdicts (messages.py) and dead letters of bad events (dead_letters.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from consumers.dead_letters import dead_letter_message
 from consumers.messages import (
     REVIEW_SCHEMA_VERSION,
     OutgoingMessage,
-    dead_letter_message,
     header,
     review_message,
     review_payload,

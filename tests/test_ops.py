@@ -99,5 +99,5 @@ def test_a_workers_readiness_fails_without_database_and_liveness_without_polls(
     finally:
         server.stop()
         worker.consumer.close(autocommit=False)
-        worker.producer.close(timeout=5)
+        worker.close()
         moderator.close()

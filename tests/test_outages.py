@@ -23,8 +23,8 @@ from consumers.broker import EmbeddedBroker, free_port
 from consumers.clients import make_consumer, make_producer
 from consumers.delivery import STEP_PERSISTED, BatchResult
 from consumers.messages import header
+from consumers.pipeline import Worker
 from consumers.service import build_moderator, serve_running_worker
-from consumers.worker import Worker
 from moderation.settings import OpsSettings
 from moderation.storage import VerdictStore, create_engine_for, upgrade
 from tests.fixtures_kafka import PipelineEnv, committed_total, new_worker
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.kafka
 # CI keeps the outage short (the retry backoff has reached 8 s by then); for the full minute:
 # MODERATION_TEST_DB_OUTAGE_S=60 .venv/bin/python -m pytest tests/test_outages.py -k database
 DATABASE_OUTAGE_S = float(os.environ.get("MODERATION_TEST_DB_OUTAGE_S", "12"))
-RETRY_CAP_S = 30.0  # Worker._deliver's longest backoff: the worst wait between the restore and the next try
+RETRY_CAP_S = 30.0  # the deliver stage's longest backoff: the worst wait between the restore and the next try
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.1) -> None:
@@ -67,7 +67,7 @@ def running(worker: Worker) -> Iterator[list[BaseException]]:
         stop.set()
         thread.join(timeout=90)
         worker.consumer.close(autocommit=False)
-        worker.producer.close(timeout=5)
+        worker.close()
         worker.moderator.close()
     assert not thread.is_alive(), "the worker did not stop"
 
@@ -75,14 +75,14 @@ def running(worker: Worker) -> Iterator[list[BaseException]]:
 def count_revocations(worker: Worker) -> list[float]:
     """Wrap the worker's rebalance hook: when partitions were revoked from it (not the empty first call)."""
     revoked: list[float] = []
-    original = worker.revoke
+    original = worker.rebalancing.revoke
 
     async def counting(partitions: Any) -> None:
         if partitions:
             revoked.append(time.monotonic())
         await original(partitions)
 
-    worker.revoke = counting  # type: ignore[method-assign]
+    worker.rebalancing.revoke = counting  # type: ignore[method-assign]
     return revoked
 
 
@@ -225,7 +225,7 @@ def test_broker_outage_mid_batch_keeps_the_worker_alive_and_loses_nothing(
                 cut_at = time.monotonic()
                 rows_at_cut = store.count()
                 while time.monotonic() - cut_at < BROKER_OUTAGE_S:
-                    assert worker._fatal is None, worker._fatal  # retrying, not crashed
+                    assert worker.failure is None, worker.failure  # retrying, not crashed
                     time.sleep(0.2)
                 delivery_failures = metric_total(worker, "moderation_errors_total")
                 rows_during_outage = store.count()
@@ -245,7 +245,7 @@ def test_broker_outage_mid_batch_keeps_the_worker_alive_and_loses_nothing(
         f"{rows_during_outage} at its end, all committed {recovered_s:.1f} s after the restore; review messages "
         f"{sum(review.values())} for {len(review)} flagged events"
     )
-    assert worker._fatal is None
+    assert worker.failure is None
     assert rows_at_cut > first  # the batch being delivered was stored before the broker went
     assert store.count() == first + second  # every event once
     flagged = {v.event_id for v in store.flagged(limit=1000)}
@@ -284,14 +284,14 @@ def test_broker_restart_mid_batch_the_worker_survives_and_delivers_what_it_holds
             moderator=build_moderator(env.settings), store=store, settings=env.settings,
             on_step=stop_broker_after_persisting, producer_factory=lambda: make_producer(env.settings, **short),
         )
-        first_producer = worker.producer
+        first_producer = worker.delivery.producer
         with running(worker) as errors:
             wait_for(lambda: committed_total(env.settings) >= first, 90, "the first events to be committed")
             armed.set()
             env.produce(colour_events(tmp_path / "lost", 16))
             wait_for(down.is_set, 30, "the broker to stop")
             time.sleep(3)
-            assert worker._fatal is None, worker._fatal
+            assert worker.failure is None, worker.failure
             broker.start()  # same port, empty
             restarted_at = time.monotonic()
             after = colour_events(tmp_path / "after", 8)
@@ -303,8 +303,8 @@ def test_broker_restart_mid_batch_the_worker_survives_and_delivers_what_it_holds
         assert not errors, errors
     print(f"broker restart: the held batch's {len(held)} flagged items and the new events' verdicts delivered "
           f"{recovered_s:.1f} s after the restart; review topic on the new broker: {sum(review.values())} messages")
-    assert worker._fatal is None
-    assert worker.producer is not first_producer  # the broken idempotent producer was replaced
+    assert worker.failure is None
+    assert worker.delivery.producer is not first_producer  # the broken idempotent producer was replaced
     assert held and set(held) <= set(review)  # the held batch's review messages reached the new broker
     flagged_after = {v.event_id for e in after if (v := store.get(e["event_id"])) is not None and v.flagged}
     assert len(flagged_after) == 4 and flagged_after <= set(review)

@@ -11,8 +11,8 @@ import pytest
 
 from consumers.delivery import STEP_FLUSHED, BatchResult
 from consumers.messages import header
+from consumers.pipeline import WorkerCrashed
 from consumers.producer import file_event, image_event
-from consumers.worker import WorkerCrashed
 from moderation.moderator import Moderator
 from moderation.policy import load_policy
 from moderation.storage import VerdictStore, create_engine_for, upgrade
@@ -63,7 +63,7 @@ def drain(env: PipelineEnv, database_url: str, scorer: Any, produced: int) -> Ve
         run_worker_until(worker, all_committed(env.settings, produced))
     finally:
         worker.consumer.close(autocommit=False)
-        worker.producer.close(timeout=5)
+        worker.close()
         moderator.close()
     return store
 
@@ -144,14 +144,14 @@ def test_crash_before_offset_commit_redelivers_without_duplicate_rows(
     assert store.count() > 0
     assert committed_total(env.settings) == 0
     first.consumer.close(autocommit=False)
-    first.producer.close(timeout=5)
+    first.close()
 
     second = new_worker(env, moderator, store)
     try:
         run_worker_until(second, all_committed(env.settings, produced))
     finally:
         second.consumer.close(autocommit=False)
-        second.producer.close(timeout=5)
+        second.close()
         moderator.close()
 
     assert store.count() == len(expected)  # the redelivered batch added no second row

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from consumers.pipeline import Worker
 from consumers.producer import file_event
-from consumers.worker import Worker
 from moderation.moderator import Moderator
 from moderation.policy_book import PolicyFiles
 from moderation.reuse import EmbeddingCache
@@ -65,7 +65,7 @@ class Running:
         self.stop_event.set()
         self.thread.join(timeout=60)
         self.worker.consumer.close(autocommit=False)
-        self.worker.producer.close(timeout=5)
+        self.worker.close()
         if self.errors:
             raise self.errors[0]
 
@@ -83,8 +83,8 @@ def test_a_policy_edited_under_a_running_worker_applies_to_later_batches(
     files = PolicyFiles(PolicySettings(path=policy_path, reload_interval_s=0.1))
     upgrade(sqlite_url)
     store = VerdictStore(create_engine_for(sqlite_url))
-    moderator = Moderator(scorer, files, env.settings.images, cache=EmbeddingCache(scorer.model_id))
-    running = Running(new_worker(env, moderator, store))
+    moderator = Moderator(scorer, files.book, env.settings.images, cache=EmbeddingCache(scorer.model_id))
+    running = Running(new_worker(env, moderator, store, policies=files))
     phases: dict[str, list[str]] = {}
     try:
         for phase, edit in (("v1", None), ("v2", colour_policy("v2").replace("action: review", "action: block")),
@@ -149,8 +149,8 @@ def test_sources_shadows_and_duplicate_reuse_end_to_end(
     ]
     produced = env.produce(events)
     cache = EmbeddingCache(scorer.model_id, lookup=embeddings.get_many)
-    moderator = Moderator(scorer, files, env.settings.images, cache=cache)
-    running = Running(new_worker(env, moderator, store))
+    moderator = Moderator(scorer, files.book, env.settings.images, cache=cache)
+    running = Running(new_worker(env, moderator, store, policies=files))
     try:
         wait_for(lambda: committed_total(env.settings) >= produced)
     finally:
@@ -203,8 +203,9 @@ def test_independent_scoring_and_the_uncertain_band_end_to_end(
         for path in images(tmp_path / "images", ["red", "yellow", "blue", "green"] * 2)
     ]
     produced = env.produce(events)
-    moderator = Moderator(scorer, PolicyFiles(PolicySettings(path=policy_path)), env.settings.images)
-    running = Running(new_worker(env, moderator, store))
+    files = PolicyFiles(PolicySettings(path=policy_path))
+    moderator = Moderator(scorer, files.book, env.settings.images)
+    running = Running(new_worker(env, moderator, store, policies=files))
     try:
         wait_for(lambda: committed_total(env.settings) >= produced)
     finally:

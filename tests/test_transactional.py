@@ -13,7 +13,7 @@ import pytest
 from consumers.clients import make_consumer, make_worker_producer, read_topic
 from consumers.delivery import STEP_FLUSHED, BatchResult
 from consumers.messages import header
-from consumers.worker import Worker
+from consumers.pipeline import Worker
 from moderation.moderator import Moderator
 from moderation.policy import load_policy
 from moderation.storage import VerdictStore, create_engine_for, upgrade
@@ -54,7 +54,7 @@ def test_transactional_mode_delivers_everything_once_and_commits_offsets_in_the_
         run_worker_until(worker, all_committed(env.settings, produced))
     finally:
         worker.consumer.close(autocommit=False)
-        worker.producer.close(timeout=5)
+        worker.close()
         moderator.close()
 
     assert store.count() == len(expected)

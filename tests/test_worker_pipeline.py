@@ -43,7 +43,7 @@ def migrated_store(url: str) -> VerdictStore:
 def close(*workers: Any) -> None:
     for worker in workers:
         worker.consumer.close(autocommit=False)
-        worker.producer.close(timeout=5)
+        worker.close()
 
 
 def test_a_full_pipeline_pauses_partitions_and_loses_nothing(
@@ -61,12 +61,12 @@ def test_a_full_pipeline_pauses_partitions_and_loses_nothing(
 
     def slow_delivery(step: str, result: BatchResult) -> None:
         if step == STEP_PERSISTED:
-            in_flight_seen.append(worker._in_flight)  # read-only peek from the delivery thread
+            in_flight_seen.append(worker.in_flight)  # read-only peek from the delivery thread
             lag_seen.append(total_lag(worker))
             time.sleep(0.1)  # a slow database: the pipeline must fill up and push back
 
     worker = new_worker(env, moderator, store, on_step=slow_delivery)
-    worker.lag_every_s = 0.05  # refresh the gauge often: on a fast run a 1 s refresh may never see the backlog
+    worker.lag.every_s = 0.05  # refresh the gauge often: on a fast run a 1 s refresh may never see the backlog
     try:
         run_worker_until(worker, all_committed(env.settings, produced))
     finally:
