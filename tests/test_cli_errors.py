@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from consumers import cli
 from consumers.commands import settings as settings_command
-from consumers.errors import ExitCode
+from consumers.errors import CommandError, ExitCode, UsageError
 from moderation import testmodel
 from moderation.exceptions import ModerationError
 from moderation.testmodel import ModelVerificationError, make_colour_image
@@ -138,6 +138,16 @@ def test_known_failures_are_one_line(
     monkeypatch.setattr(settings_command, "cmd_settings", failing_handler(exc))
     assert cli.main(["settings"]) == status
     assert capsys.readouterr().err == line + "\n"
+
+
+def test_command_errors_carry_their_exit_status(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert isinstance(CommandError.user("x"), UsageError) and CommandError.user("x").exit_code is ExitCode.USAGE
+    assert CommandError.external_dependency("x").exit_code is ExitCode.FAILED
+    monkeypatch.setattr(settings_command, "cmd_settings", failing_handler(CommandError.user("no such file")))
+    assert cli.main(["settings"]) == ExitCode.USAGE
+    assert capsys.readouterr().err == "error: no such file\n"
 
 
 # --- 2. an unreachable broker ----------------------------------------------------------------------
