@@ -20,14 +20,15 @@ from kafka.errors import (
 )
 
 from consumers.errors import CommandError
-from moderation.exceptions import ConfigurationError
+from moderation.exceptions import ConfigurationError, ModerationError
 from moderation.settings import KafkaSettings, Settings
 
 
-class BrokerUnreachable(KafkaTimeoutError):
+class BrokerUnreachable(KafkaTimeoutError, ModerationError):
     """No bootstrap server answered within `bootstrap_timeout_ms`.
 
-    Still a KafkaError, so a worker that renews its producer during an outage keeps retrying.
+    Still a KafkaError, so a worker that renews its producer during an outage keeps retrying; and one of
+    the project's errors, under the one root.
     """
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 from consumers.broker import EmbeddedBroker, broker_binary
 from consumers.clients import ensure_topics, make_producer, read_topic
+from consumers.errors import ExitCode
 from consumers.messages import header
 from consumers.producer import file_event, image_event, send_events
 from consumers.service import build_moderator, run_worker
 from moderation.settings import PolicySettings, Settings
-from moderation.storage import VerdictStore, create_engine_for
+from moderation.storage import VerdictStore, open_engine
 from moderation.storage.migrate import upgrade
 from moderation.verdict import Verdict
 
@@ -111,7 +112,7 @@ def _write_samples(directory: Path) -> list[dict[str, Any] | bytes]:
     return events
 
 
-def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> int:
+def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> ExitCode:
     broker_binary()  # before the model: without the demo extra, fail at once with the line that names it
     using_test_model = model is None
     if using_test_model:
@@ -146,13 +147,14 @@ def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> i
         stop = threading.Event()
         worker = threading.Thread(target=run_worker, args=(demo, stop, moderator), name="worker", daemon=True)
         worker.start()
-        store = VerdictStore(create_engine_for(demo.database_url))
-        deadline = time.monotonic() + WAIT_FOR_VERDICTS_S
-        while store.count() < valid and time.monotonic() < deadline and worker.is_alive():
-            time.sleep(0.2)
-        stop.set()
-        worker.join(timeout=60)
-        verdicts = sorted(store.recent(limit=1000), key=lambda v: v.content_id)
+        with open_engine(demo.database_url) as engine:
+            store = VerdictStore(engine)
+            deadline = time.monotonic() + WAIT_FOR_VERDICTS_S
+            while store.count() < valid and time.monotonic() < deadline and worker.is_alive():
+                time.sleep(0.2)
+            stop.set()
+            worker.join(timeout=60)
+            verdicts = sorted(store.recent(limit=1000), key=lambda v: v.content_id)
         review = read_topic(demo, kafka.review_topic)
         dead = read_topic(demo, kafka.dead_letter_topic)
 
@@ -169,7 +171,7 @@ def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> i
     )
     if using_test_model:
         print("Scored by the offline test model (colours, not content).")
-    return 0 if ok else 1
+    return ExitCode.OK if ok else ExitCode.FAILED
 
 
 def _print_verdicts(verdicts: list[Verdict]) -> None:

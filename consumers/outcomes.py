@@ -26,11 +26,11 @@ from consumers.messages import OutgoingMessage
 from consumers.offsets import next_offsets, to_commit
 from consumers.publishing import publish
 from moderation.exceptions import EventError
-from moderation.outcomes import ReviewOutcome, parse_outcome
+from moderation.review_outcome import ReviewOutcome, parse_outcome
 from moderation.settings import Settings
 from moderation.storage import StorageError, create_engine_for
 from moderation.storage.migrate import require_compatible
-from moderation.storage.outcomes import OutcomeStore
+from moderation.storage.review_decisions import OutcomeStore
 
 log = structlog.get_logger("moderation.outcomes")
 

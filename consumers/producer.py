@@ -13,7 +13,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from consumers.clients import make_producer
-from consumers.errors import UsageError
+from consumers.errors import CommandError
 from moderation.events import SCHEMA_VERSION
 from moderation.settings import Settings
 
@@ -69,9 +69,9 @@ def check_image_files(paths: Iterable[Path]) -> None:
     """Refuse the whole command if any path is not a regular file: half a list produced helps nobody."""
     for path in paths:
         if not path.exists():
-            raise UsageError(f"{path}: no such file; nothing was produced")
+            raise CommandError.user(f"{path}: no such file; nothing was produced")
         if not path.is_file():
-            raise UsageError(f"{path}: not a regular file; nothing was produced")
+            raise CommandError.user(f"{path}: not a regular file; nothing was produced")
 
 
 def produce_image_files(settings: Settings, paths: Sequence[Path], *, source: str, inline: bool) -> int:

@@ -13,8 +13,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
+from moderation.storage.engine import create_engine_for, normalise_url
 from moderation.storage.models import Base
-from moderation.storage.store import create_engine_for, normalise_url
 
 URL_ENVIRONMENT_VARIABLE = "MODERATION_DATABASE__URL"
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from moderation.contracts import Scorer
 from moderation.decision import decide
 from moderation.offline import embed_files
 from moderation.policy import ALLOW_EXPECTATION, Example, LoadedPolicy
@@ -26,7 +26,7 @@ class ExampleResult:
     uncertain: bool = False
 
 
-def run_examples(policy: LoadedPolicy, scorer: Any) -> list[ExampleResult]:
+def run_examples(policy: LoadedPolicy, scorer: Scorer) -> list[ExampleResult]:
     """Score every golden example of `policy` with `scorer` and compare with what it expects."""
     examples = policy.policy.examples
     base = Path(policy.path).parent

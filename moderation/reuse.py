@@ -21,6 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
+from moderation.exceptions import ModerationError
 from moderation.threads import DaemonPool
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ LOOKUP_TIMEOUT_S = 1.0  # a healthy lookup takes milliseconds; a batch never wai
 LOOKUP_PAUSE_S = 30.0  # after a failure or a timeout, skip lookups this long (the database is known away)
 
 
-class LookupUnavailable(Exception):
+class LookupUnavailable(ModerationError):
     """The lookup was skipped or gave up: the database is away or slow. The caller treats it as a miss."""
 
 

@@ -4,7 +4,7 @@ An unsafe category triggers when its own score reaches its threshold, whatever t
 score, so each category's threshold can be chosen alone from the precision/recall curve of its score
 over a labelled set: items whose labels include the category are its positives, every other item a
 negative. Labels come from a file (content ids of stored verdicts, or image paths) or from reviewers'
-decisions on flagged items (see moderation/storage/outcomes.py); the latter only cover what was flagged,
+decisions on flagged items (see moderation/storage/review_decisions.py); the latter only cover what was flagged,
 so they measure precision well and recall not at all below the current threshold.
 """
 

@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from consumers import cli
-from consumers.errors import ExitCode
+from consumers.commands import settings as settings_command
+from consumers.errors import CommandError, ExitCode, UsageError
 from moderation import testmodel
 from moderation.exceptions import ModerationError
 from moderation.testmodel import ModelVerificationError, make_colour_image
@@ -90,7 +91,7 @@ def failing_handler(exc: BaseException) -> Any:
 def test_an_unexpected_exception_is_one_line_and_exit_1(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "_cmd_settings", failing_handler(ZeroDivisionError("division by zero")))
+    monkeypatch.setattr(settings_command, "cmd_settings", failing_handler(ZeroDivisionError("division by zero")))
     assert cli.main(["settings"]) == ExitCode.FAILED
     err = capsys.readouterr().err
     assert err == (
@@ -102,7 +103,7 @@ def test_the_traceback_is_shown_at_debug_level(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("MODERATION_LOG__LEVEL", "DEBUG")
-    monkeypatch.setattr(cli, "_cmd_settings", failing_handler(ZeroDivisionError("division by zero")))
+    monkeypatch.setattr(settings_command, "cmd_settings", failing_handler(ZeroDivisionError("division by zero")))
     assert cli.main(["settings"]) == ExitCode.FAILED
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError: division by zero" in err
@@ -134,9 +135,19 @@ def test_known_failures_are_one_line(
     status: int,
     line: str,
 ) -> None:
-    monkeypatch.setattr(cli, "_cmd_settings", failing_handler(exc))
+    monkeypatch.setattr(settings_command, "cmd_settings", failing_handler(exc))
     assert cli.main(["settings"]) == status
     assert capsys.readouterr().err == line + "\n"
+
+
+def test_command_errors_carry_their_exit_status(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert isinstance(CommandError.user("x"), UsageError) and CommandError.user("x").exit_code is ExitCode.USAGE
+    assert CommandError.external_dependency("x").exit_code is ExitCode.FAILED
+    monkeypatch.setattr(settings_command, "cmd_settings", failing_handler(CommandError.user("no such file")))
+    assert cli.main(["settings"]) == ExitCode.USAGE
+    assert capsys.readouterr().err == "error: no such file\n"
 
 
 # --- 2. an unreachable broker ----------------------------------------------------------------------

@@ -25,11 +25,11 @@ from consumers.messages import header
 from consumers.outcomes import OutcomeConsumer, group_id, run_outcomes
 from moderation.events import REASON_EMPTY, REASON_INVALID_JSON, REASON_TOO_LARGE, REASON_UNSUPPORTED_VERSION
 from moderation.exceptions import EventError
-from moderation.outcomes import ID_MAX_LENGTH, REASON_INVALID_OUTCOME, ReviewOutcome, parse_outcome
+from moderation.review_outcome import ID_MAX_LENGTH, REASON_INVALID_OUTCOME, ReviewOutcome, parse_outcome
 from moderation.settings import Settings
 from moderation.storage import VerdictStore, create_engine_for, upgrade
 from moderation.storage.models import review_outcomes_table, verdicts_table
-from moderation.storage.outcomes import CategoryPrecision, OutcomeStore, ReviewCounts
+from moderation.storage.review_decisions import CategoryPrecision, OutcomeStore, ReviewCounts
 from moderation.timespec import parse_since
 from moderation.verdict import Verdict, VerdictStatus
 from tests.fixtures_kafka import committed_total

@@ -161,8 +161,8 @@ def test_shadow_report_compares_shadow_verdicts_with_the_ones_acted_on(scorer: o
 def test_tune_from_reviewer_decisions(traffic: str, test_model_dir: Path, tmp_path: Path) -> None:
     from datetime import datetime, timezone
 
-    from moderation.outcomes import ReviewOutcome
-    from moderation.storage.outcomes import OutcomeStore
+    from moderation.review_outcome import ReviewOutcome
+    from moderation.storage.review_decisions import OutcomeStore
 
     # Reviewers confirm three red flags and overturn one; they confirm every yellow block.
     decided = datetime.now(timezone.utc).isoformat()

@@ -21,7 +21,7 @@ MODULES = [
     "moderation.fetch",
     "moderation.images",
     "moderation.moderator",
-    "moderation.outcomes",
+    "moderation.review_outcome",
     "consumers.delivery",
 ]
 

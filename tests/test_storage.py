@@ -27,6 +27,8 @@ from moderation.storage import (
     create_engine_for,
     current_revision,
     head_revision,
+    open_engine,
+    storage_errors,
     upgrade,
 )
 from moderation.verdict import Verdict, VerdictStatus
@@ -368,3 +370,32 @@ def test_an_unreachable_database_is_not_a_permanent_storage_error(tmp_path: Path
         assert info.value.permanent is False
     finally:
         engine.dispose()
+
+
+# --- the shared plumbing: one error wrapping, one way to open the database -------------------------
+
+
+def test_storage_errors_words_the_failure_and_keeps_the_cause() -> None:
+    refused = IntegrityError("INSERT INTO verdicts ...", {}, Exception("NOT NULL constraint failed\nmore"))
+    with pytest.raises(StorageError) as info, storage_errors("could not save 1 verdicts"):
+        raise refused
+    assert str(info.value) == "could not save 1 verdicts: Exception: NOT NULL constraint failed"
+    assert info.value.__cause__ is refused and info.value.permanent is False  # reads never call it permanent
+    with pytest.raises(StorageError) as info, storage_errors("saving", rejections_are_permanent=True):
+        raise refused
+    assert info.value.permanent is True
+    with pytest.raises(ZeroDivisionError), storage_errors("not a database error"):
+        raise ZeroDivisionError
+
+
+def test_open_engine_disposes_and_refuses_an_unmigrated_schema_when_asked(sqlite_url: str) -> None:
+    with open_engine(sqlite_url) as engine, engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        pool = engine.pool
+    assert engine.pool is not pool  # disposed: dispose() closes the pool's connections and replaces it
+    with pytest.raises(ConfigurationError, match="run `moderation migrate` first"):
+        with open_engine(sqlite_url, require_schema=True):
+            pass
+    upgrade(sqlite_url)
+    with open_engine(sqlite_url, require_schema=True) as engine:
+        assert VerdictStore(engine).count() == 0

@@ -15,10 +15,10 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 from sqlalchemy import ColumnElement, Engine, Table, and_, delete, func, outerjoin, select
-from sqlalchemy.exc import SQLAlchemyError
 
+from moderation.storage.errors import storage_errors
 from moderation.storage.models import embeddings_table, verdicts_table
-from moderation.storage.store import StorageError, _describe
+from moderation.storage.statements import stream_chunks
 from moderation.verdict import EMBEDDING_DTYPE
 
 _LOOKUP_CHUNK = 500
@@ -63,16 +63,13 @@ class EmbeddingStore:
         """The stored embeddings (float16 [dim]) of the given content hashes under `model_id`."""
         table = embeddings_table
         found: dict[str, np.ndarray] = {}
-        try:
-            with self._engine.connect() as conn:
-                for start in range(0, len(hashes), _LOOKUP_CHUNK):
-                    query = select(table.c.image_sha256, table.c.vector).where(
-                        table.c.model_id == model_id, table.c.image_sha256.in_(hashes[start : start + _LOOKUP_CHUNK])
-                    )
-                    for content_hash, vector in conn.execute(query):
-                        found[content_hash] = np.frombuffer(vector, dtype=EMBEDDING_DTYPE)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not read embeddings: {_describe(exc)}") from exc
+        with storage_errors("could not read embeddings"), self._engine.connect() as conn:
+            for start in range(0, len(hashes), _LOOKUP_CHUNK):
+                query = select(table.c.image_sha256, table.c.vector).where(
+                    table.c.model_id == model_id, table.c.image_sha256.in_(hashes[start : start + _LOOKUP_CHUNK])
+                )
+                for content_hash, vector in conn.execute(query):
+                    found[content_hash] = np.frombuffer(vector, dtype=EMBEDDING_DTYPE)
         return found
 
     def for_content_ids(self, model_id: ModelIds, content_ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -82,36 +79,27 @@ class EmbeddingStore:
         v, e = verdicts_table, embeddings_table
         ids = _ids(model_id)
         found: dict[str, np.ndarray] = {}
-        try:
-            with self._engine.connect() as conn:
-                for start in range(0, len(content_ids), _LOOKUP_CHUNK):
-                    query = (
-                        select(v.c.content_id, e.c.vector)
-                        .select_from(v.join(e, _same_image(v, e)))
-                        .where(v.c.model_id.in_(ids), v.c.content_id.in_(content_ids[start : start + _LOOKUP_CHUNK]))
-                        .order_by(v.c.id)  # the newest verdict of a content id comes last and wins
-                    )
-                    for content_id, vector in conn.execute(query):
-                        found[content_id] = np.frombuffer(vector, dtype=EMBEDDING_DTYPE)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not read embeddings: {_describe(exc)}") from exc
+        with storage_errors("could not read embeddings"), self._engine.connect() as conn:
+            for start in range(0, len(content_ids), _LOOKUP_CHUNK):
+                query = (
+                    select(v.c.content_id, e.c.vector)
+                    .select_from(v.join(e, same_image(v, e)))
+                    .where(v.c.model_id.in_(ids), v.c.content_id.in_(content_ids[start : start + _LOOKUP_CHUNK]))
+                    .order_by(v.c.id)  # the newest verdict of a content id comes last and wins
+                )
+                for content_id, vector in conn.execute(query):
+                    found[content_id] = np.frombuffer(vector, dtype=EMBEDDING_DTYPE)
         return found
 
     def count(self) -> int:
-        try:
-            with self._engine.connect() as conn:
-                return int(conn.execute(select(func.count()).select_from(embeddings_table)).scalar_one())
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not count embeddings: {_describe(exc)}") from exc
+        with storage_errors("could not count embeddings"), self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(embeddings_table)).scalar_one())
 
     def prune(self, older_than: timedelta, now: datetime | None = None) -> int:
         """Delete embeddings stored before `now - older_than`; verdicts stay. Returns how many went."""
         cutoff = (now or datetime.now(timezone.utc)) - older_than
-        try:
-            with self._engine.begin() as conn:
-                result = conn.execute(delete(embeddings_table).where(embeddings_table.c.created_at < cutoff))
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not prune embeddings: {_describe(exc)}") from exc
+        with storage_errors("could not prune embeddings"), self._engine.begin() as conn:
+            result = conn.execute(delete(embeddings_table).where(embeddings_table.c.created_at < cutoff))
         return int(result.rowcount or 0)
 
     def scan(
@@ -126,17 +114,10 @@ class EmbeddingStore:
         conditions = [v.c.model_id.in_(_ids(model_id)), *_filters(since, sources)]
         query = (
             select(v.c.content_id, v.c.flagged, v.c.top_category, v.c.action, e.c.vector)
-            .select_from(v.join(e, _same_image(v, e)))
+            .select_from(v.join(e, same_image(v, e)))
             .where(*conditions)
         )
-        try:
-            with self._engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(query)
-                for rows in result.partitions(chunk_size):
-                    yield _chunk(rows)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not read embeddings: {_describe(exc)}") from exc
-
+        yield from stream_chunks(self._engine, query, chunk_size, _chunk, "could not read embeddings")
 
     def coverage(
         self,
@@ -151,7 +132,7 @@ class EmbeddingStore:
         v, e = verdicts_table, embeddings_table
         base = (
             select(v.c.model_id, func.count(), func.count(e.c.image_sha256))
-            .select_from(outerjoin(v, e, _same_image(v, e)))
+            .select_from(outerjoin(v, e, same_image(v, e)))
             .group_by(v.c.model_id)
         )
         conditions = list(_filters(since, sources))
@@ -159,16 +140,13 @@ class EmbeddingStore:
             list(content_ids[start : start + _LOOKUP_CHUNK]) for start in range(0, len(content_ids), _LOOKUP_CHUNK)
         ]
         totals: dict[str, list[int]] = {}
-        try:
-            with self._engine.connect() as conn:
-                for batch in batches:
-                    where = conditions if batch is None else [*conditions, v.c.content_id.in_(batch)]
-                    for model, verdicts, embedded in conn.execute(base.where(*where)):
-                        counts = totals.setdefault(str(model), [0, 0])
-                        counts[0] += int(verdicts)
-                        counts[1] += int(embedded)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not count stored verdicts: {_describe(exc)}") from exc
+        with storage_errors("could not count stored verdicts"), self._engine.connect() as conn:
+            for batch in batches:
+                where = conditions if batch is None else [*conditions, v.c.content_id.in_(batch)]
+                for model, verdicts, embedded in conn.execute(base.where(*where)):
+                    counts = totals.setdefault(str(model), [0, 0])
+                    counts[0] += int(verdicts)
+                    counts[1] += int(embedded)
         found = [ModelCoverage(model, verdicts, embedded) for model, (verdicts, embedded) in totals.items()]
         return sorted(found, key=lambda c: (-c.verdicts, c.model_id))
 
@@ -182,7 +160,8 @@ def _filters(since: datetime | None, sources: Sequence[str]) -> Iterator[ColumnE
         yield v.c.source.in_(list(sources))
 
 
-def _same_image(v: Table, e: Table) -> ColumnElement[bool]:
+def same_image(v: Table, e: Table) -> ColumnElement[bool]:
+    """The join of verdicts `v` to embeddings `e`: the same image content under the same model."""
     return and_(e.c.model_id == v.c.model_id, e.c.image_sha256 == v.c.image_sha256)
 
 

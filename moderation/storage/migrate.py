@@ -25,9 +25,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import moderation
 from moderation.exceptions import ConfigurationError
-from moderation.storage.store import StorageError, create_engine_for, normalise_url
+from moderation.storage.engine import create_engine_for, normalise_url
+from moderation.storage.errors import storage_errors
 
 log = logging.getLogger(__name__)
+
+# Alembic's own failures are errors of the schema step too; they are reported whole, as Alembic words them.
+_MIGRATION_ERRORS = (SQLAlchemyError, CommandError)
 
 
 def script_location() -> Path:
@@ -72,24 +76,21 @@ def upgrade(url: str, revision: str = "head") -> None:
     current, known = current_revision(url), known_revisions()
     if current is not None and current not in known:
         raise newer_schema(url, current)
-    try:
+    with storage_errors(f"migration to {revision!r} failed", catch=_MIGRATION_ERRORS, detail=str):
         if current is not None and revision in known and known.index(revision) < known.index(current):
             # An older target is a downgrade: how the schema goes back before a rollback of the code.
             command.downgrade(alembic_config(url), revision)
             return
         command.upgrade(alembic_config(url), revision)
-    except (SQLAlchemyError, CommandError) as exc:
-        raise StorageError(f"migration to {revision!r} failed: {exc}") from exc
 
 
 def current_revision(url: str) -> str | None:
     """The revision the database at `url` is at, or None if it has never been migrated."""
     engine = create_engine_for(url)
+    reading = storage_errors("could not read the schema revision", catch=_MIGRATION_ERRORS, detail=str)
     try:
-        with engine.connect() as conn:
+        with reading, engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
-    except (SQLAlchemyError, CommandError) as exc:
-        raise StorageError(f"could not read the schema revision: {exc}") from exc
     finally:
         engine.dispose()
 
@@ -134,14 +135,12 @@ def recorded_compatibility(url: str, revision: str) -> str | None:
     """The oldest code revision the database says can run on its schema at `revision`, if it says."""
     engine = create_engine_for(url)
     try:
-        with engine.connect() as conn:
+        with storage_errors("could not read the schema compatibility", detail=str), engine.connect() as conn:
             if "schema_compatibility" not in sa.inspect(conn).get_table_names():
                 return None
             table = sa.table("schema_compatibility", sa.column("revision"), sa.column("compatible_with"))
             row = conn.execute(sa.select(table.c.compatible_with).where(table.c.revision == revision)).first()
             return str(row[0]) if row is not None else None
-    except SQLAlchemyError as exc:
-        raise StorageError(f"could not read the schema compatibility: {exc}") from exc
     finally:
         engine.dispose()
 

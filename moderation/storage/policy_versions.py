@@ -11,11 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from moderation.policy import LoadedPolicy
+from moderation.storage.errors import storage_errors
 from moderation.storage.models import shadow_verdicts_table, verdicts_table
-from moderation.storage.store import StorageError, _describe
 
 
 @dataclass(frozen=True)
@@ -40,19 +39,16 @@ def recorded_hashes(engine: Engine, versions: Iterable[str]) -> dict[str, dict[s
     found: dict[str, dict[str, int]] = {}
     if not wanted:
         return found
-    try:
-        with engine.connect() as conn:
-            for table in (verdicts_table, shadow_verdicts_table):
-                query = (
-                    select(table.c.policy_version, table.c.policy_hash, func.count())
-                    .where(table.c.policy_version.in_(wanted))
-                    .group_by(table.c.policy_version, table.c.policy_hash)
-                )
-                for version, policy_hash, rows in conn.execute(query):
-                    hashes = found.setdefault(str(version), {})
-                    hashes[str(policy_hash)] = hashes.get(str(policy_hash), 0) + int(rows)
-    except SQLAlchemyError as exc:
-        raise StorageError(f"could not read recorded policy versions: {_describe(exc)}") from exc
+    with storage_errors("could not read recorded policy versions"), engine.connect() as conn:
+        for table in (verdicts_table, shadow_verdicts_table):
+            query = (
+                select(table.c.policy_version, table.c.policy_hash, func.count())
+                .where(table.c.policy_version.in_(wanted))
+                .group_by(table.c.policy_version, table.c.policy_hash)
+            )
+            for version, policy_hash, rows in conn.execute(query):
+                hashes = found.setdefault(str(version), {})
+                hashes[str(policy_hash)] = hashes.get(str(policy_hash), 0) + int(rows)
     return found
 
 

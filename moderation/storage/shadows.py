@@ -6,16 +6,17 @@ verdicts of the same events says what switching to it would have changed, on the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, Row, func, select
 
+from moderation.storage.errors import storage_errors
 from moderation.storage.models import shadow_verdicts_table, verdicts_table
-from moderation.storage.store import StorageError, _describe
+from moderation.storage.statements import stream_chunks
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,8 @@ class ShadowStore:
             .group_by(s.c.policy_version, s.c.policy_hash)
             .order_by(func.count().desc())
         )
-        try:
-            with self._engine.connect() as conn:
-                return [(str(v), str(h), int(n)) for v, h, n in conn.execute(query)]
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not read shadow verdicts: {_describe(exc)}") from exc
+        with storage_errors("could not read shadow verdicts"), self._engine.connect() as conn:
+            return [(str(v), str(h), int(n)) for v, h, n in conn.execute(query)]
 
     def scan(
         self, policy_version: str, since: datetime | None = None, chunk_size: int = 100_000
@@ -58,24 +56,22 @@ class ShadowStore:
             .select_from(s.join(v, v.c.event_id == s.c.event_id))
             .where(*conditions)
         )
-        try:
-            with self._engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(query)
-                for rows in result.partitions(chunk_size):
-                    columns = list(zip(*rows, strict=True))
-                    yield ShadowChunk(
-                        content_ids=list(columns[0]),  # type: ignore[arg-type]
-                        before=(
-                            np.array(columns[1], dtype=bool),
-                            np.array(columns[2], dtype=object),
-                            np.array(columns[3], dtype=object),
-                        ),
-                        after=(
-                            np.array(columns[4], dtype=bool),
-                            np.array(columns[5], dtype=object),
-                            np.array(columns[6], dtype=object),
-                        ),
-                        uncertain_after=np.array(columns[7], dtype=bool),
-                    )
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not read shadow verdicts: {_describe(exc)}") from exc
+        yield from stream_chunks(self._engine, query, chunk_size, _chunk, "could not read shadow verdicts")
+
+
+def _chunk(rows: Sequence[Row[Any]]) -> ShadowChunk:
+    columns = list(zip(*rows, strict=True))
+    return ShadowChunk(
+        content_ids=list(columns[0]),  # type: ignore[arg-type]
+        before=(
+            np.array(columns[1], dtype=bool),
+            np.array(columns[2], dtype=object),
+            np.array(columns[3], dtype=object),
+        ),
+        after=(
+            np.array(columns[4], dtype=bool),
+            np.array(columns[5], dtype=object),
+            np.array(columns[6], dtype=object),
+        ),
+        uncertain_after=np.array(columns[7], dtype=bool),
+    )

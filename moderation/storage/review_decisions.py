@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, and_, case, func, select
-from sqlalchemy.exc import SQLAlchemyError
 
-from moderation.outcomes import CONFIRMED, OVERTURNED, SCHEMA_VERSION, ReviewOutcome
+from moderation.review_outcome import CONFIRMED, OVERTURNED, SCHEMA_VERSION, ReviewOutcome
+from moderation.storage.embeddings import same_image
+from moderation.storage.errors import StorageError, storage_errors
 from moderation.storage.models import embeddings_table, review_outcomes_table, verdicts_table
-from moderation.storage.store import StorageError, _chunks, _describe, dialect_insert
+from moderation.storage.statements import chunks, dialect_insert
 from moderation.verdict import EMBEDDING_DTYPE
 
 
@@ -115,35 +116,29 @@ class OutcomeStore:
         ]
         table = review_outcomes_table
         written = 0
-        try:
-            with self._engine.begin() as conn:
-                for chunk in _chunks(rows, max(1, self._max_parameters // len(rows[0]))):
-                    insert = self._insert(table).values(list(chunk))
-                    upsert = insert.on_conflict_do_update(
-                        index_elements=[table.c.event_id],
-                        set_={
-                            "outcome": insert.excluded.outcome,
-                            "category": insert.excluded.category,
-                            "reviewer": insert.excluded.reviewer,
-                            "decided_at": insert.excluded.decided_at,
-                            "received_at": func.now(),
-                        },
-                        where=table.c.decided_at < insert.excluded.decided_at,
-                    )
-                    # RETURNING lists exactly the rows inserted or updated (not those the WHERE skipped).
-                    written += len(conn.execute(upsert.returning(table.c.event_id)).all())
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not save {len(rows)} review outcomes: {_describe(exc)}") from exc
+        with storage_errors(f"could not save {len(rows)} review outcomes"), self._engine.begin() as conn:
+            for chunk in chunks(rows, max(1, self._max_parameters // len(rows[0]))):
+                insert = self._insert(table).values(list(chunk))
+                upsert = insert.on_conflict_do_update(
+                    index_elements=[table.c.event_id],
+                    set_={
+                        "outcome": insert.excluded.outcome,
+                        "category": insert.excluded.category,
+                        "reviewer": insert.excluded.reviewer,
+                        "decided_at": insert.excluded.decided_at,
+                        "received_at": func.now(),
+                    },
+                    where=table.c.decided_at < insert.excluded.decided_at,
+                )
+                # RETURNING lists exactly the rows inserted or updated (not those the WHERE skipped).
+                written += len(conn.execute(upsert.returning(table.c.event_id)).all())
         return written
 
     def get(self, event_id: str) -> ReviewOutcome | None:
         """The decision stored for `event_id`, or None."""
         table = review_outcomes_table
-        try:
-            with self._engine.connect() as conn:
-                row = conn.execute(select(table).where(table.c.event_id == event_id)).first()
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not read review outcomes: {_describe(exc)}") from exc
+        with storage_errors("could not read review outcomes"), self._engine.connect() as conn:
+            row = conn.execute(select(table).where(table.c.event_id == event_id)).first()
         return None if row is None else _stored_outcome(row)
 
     def precision_report(
@@ -177,11 +172,8 @@ class OutcomeStore:
             .where(*conditions)
             .group_by(v.c.top_category, v.c.uncertain)
         )
-        try:
-            with self._engine.connect() as conn:
-                groups = conn.execute(query).all()
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not build the precision report: {_describe(exc)}") from exc
+        with storage_errors("could not build the precision report"), self._engine.connect() as conn:
+            groups = conn.execute(query).all()
         totals: dict[str, ReviewCounts] = {}
         uncertain: dict[str, ReviewCounts] = {}
         recategorised: dict[str, int] = {}
@@ -214,18 +206,13 @@ class OutcomeStore:
         query = (
             select(v.c.content_id, v.c.top_category, o.c.outcome, o.c.category, e.c.vector)
             .select_from(
-                v.join(o, o.c.event_id == v.c.event_id).join(
-                    e, and_(e.c.model_id == v.c.model_id, e.c.image_sha256 == v.c.image_sha256)
-                )
+                v.join(o, o.c.event_id == v.c.event_id).join(e, same_image(v, e))
             )
             .where(*conditions)
             .order_by(v.c.id)
         )
-        try:
-            with self._engine.connect() as conn:
-                rows = conn.execute(query).all()
-        except SQLAlchemyError as exc:
-            raise StorageError(f"could not read labelled embeddings: {_describe(exc)}") from exc
+        with storage_errors("could not read labelled embeddings"), self._engine.connect() as conn:
+            rows = conn.execute(query).all()
         if not rows:
             return np.empty((0, 0), dtype=EMBEDDING_DTYPE), [], []
         labels: list[frozenset[str]] = []

@@ -1,7 +1,8 @@
 """`moderation outcomes run` and `moderation policy precision`: reviewers' decisions in and out.
 
-The consumer stores what reviewers decided about flagged items; the precision report turns that into
-the number policy editors ask first: of what a category flagged, how much did reviewers agree with?
+The consumer (`consumers.outcomes`) stores what reviewers decided about flagged items; the precision
+report turns that into the number policy editors ask first: of what a category flagged, how much did
+reviewers agree with?
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from consumers.commands.arguments import since
 from consumers.errors import ExitCode
-from consumers.policy_commands import since
 from moderation.settings import Settings
 
 if TYPE_CHECKING:  # the storage layer loads on use: other commands start without it
-    from moderation.storage.outcomes import CategoryPrecision
+    from moderation.storage.review_decisions import CategoryPrecision
 
 
 def cmd_outcomes_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -38,13 +39,12 @@ def cmd_outcomes_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_policy_precision(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.outcomes import open_outcome_store
+    from moderation.storage import open_engine
+    from moderation.storage.review_decisions import OutcomeStore
 
-    store = open_outcome_store(settings)
-    try:
-        rows = store.precision_report(since=args.since, policy_version=args.policy_version)
-    finally:
-        store.engine.dispose()
+    # review_outcomes arrived in revision 0002: an older schema is refused before anything is read.
+    with open_engine(settings.database_url, require_schema=True) as engine:
+        rows = OutcomeStore(engine).precision_report(since=args.since, policy_version=args.policy_version)
     if args.json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))
     else:
