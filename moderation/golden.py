@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from moderation.contracts import Scorer
-from moderation.decision import decide
+from moderation.decision import Decision, decide
 from moderation.offline import embed_files
 from moderation.policy import ALLOW_EXPECTATION, Example, LoadedPolicy
 
@@ -49,7 +49,7 @@ def run_examples(policy: LoadedPolicy, scorer: Scorer) -> list[ExampleResult]:
     return results
 
 
-def _passes(example: Example, policy: LoadedPolicy, decision: Any) -> bool:
+def _passes(example: Example, policy: LoadedPolicy, decision: Decision) -> bool:
     if example.uncertain is not None and example.uncertain != decision.uncertain:
         return False
     if example.expect == ALLOW_EXPECTATION:
