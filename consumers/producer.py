@@ -14,6 +14,8 @@ from kafka import KafkaProducer
 
 from consumers.clients import make_producer
 from consumers.errors import CommandError
+from consumers.messages import OutgoingMessage
+from consumers.publishing import publish
 from moderation.events import SCHEMA_VERSION
 from moderation.settings import Settings
 
@@ -52,17 +54,16 @@ def file_event(path: Path, *, source: str, inline: bool = False, content_id: str
 
 def send_events(producer: KafkaProducer, topic: str, events: Iterable[dict[str, Any] | bytes]) -> int:
     """Send events keyed by content id (so one item's events stay in order) and wait for every ack."""
-    futures = []
-    for event in events:
-        if isinstance(event, bytes):  # already-encoded (or deliberately broken) payloads pass through
-            futures.append(producer.send(topic, value=event))
-            continue
-        value = json.dumps(event, separators=(",", ":")).encode()
-        futures.append(producer.send(topic, key=str(event.get("content_id", "")).encode(), value=value))
-    producer.flush()
-    for future in futures:
-        future.get(timeout=30)
-    return len(futures)
+    messages = [_message(topic, event) for event in events]
+    publish(producer, messages, timeout_s=30)
+    return len(messages)
+
+
+def _message(topic: str, event: dict[str, Any] | bytes) -> OutgoingMessage:
+    if isinstance(event, bytes):  # already-encoded (or deliberately broken) payloads pass through, unkeyed
+        return OutgoingMessage(topic, None, event, [])
+    value = json.dumps(event, separators=(",", ":")).encode()
+    return OutgoingMessage(topic, str(event.get("content_id", "")).encode(), value, [])
 
 
 def check_image_files(paths: Iterable[Path]) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import structlog
+from kafka import KafkaConsumer
 
 from consumers.clients import ensure_topics, make_consumer, make_worker_producer
 from consumers.delivery import BatchResult
@@ -20,8 +23,7 @@ from moderation.moderator import Moderator
 from moderation.policy_book import PolicyFiles
 from moderation.reuse import EmbeddingCache, GuardedLookup
 from moderation.settings import Settings
-from moderation.storage import EmbeddingStore, VerdictStore, create_engine_for
-from moderation.storage.migrate import require_compatible
+from moderation.storage import EmbeddingStore, VerdictStore, open_engine
 
 log = structlog.get_logger("moderation.service")
 
@@ -58,14 +60,6 @@ def build_moderator(
     return Moderator(
         scorer, book, settings.images, loader_threads=threads, cache=cache, keep_embeddings=embeddings.store
     )
-
-
-def open_store(settings: Settings) -> VerdictStore:
-    """Connect and check the schema is one this release can run on: the worker never creates tables."""
-    require_compatible(settings.database_url)
-    store = VerdictStore(create_engine_for(settings.database_url))
-    store.ping()
-    return store
 
 
 class WorkerHealth:
@@ -139,42 +133,46 @@ def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator |
     """Run one group member until `stop` is set, then leave the group cleanly."""
     metrics = WorkerMetrics()
     health = WorkerHealth()
-    ops = start_ops_server(settings, metrics, health) if settings.ops.enabled else None
-    consumer = store = worker = None
-    try:
+    # Unwound in reverse order: the worker's producer (the one in use, which a broker error may have
+    # replaced), then the consumer leaves the group committing nothing unfinished (offsets were committed
+    # batch by batch), then the model, the database, and the ops server last.
+    with ExitStack() as resources:
+        if settings.ops.enabled:
+            resources.callback(start_ops_server(settings, metrics, health).stop)
+        if moderator is not None:
+            resources.callback(moderator.close)
         health.starting("opening the database")
-        store = open_store(settings)
+        # The worker never creates tables: the schema must be one this release can run on.
+        store = VerdictStore(resources.enter_context(open_engine(settings.database_url, require_schema=True)))
+        store.ping()
+        files = PolicyFiles(settings.policy)
         if moderator is None:
             health.starting("loading the model and policies")
-            files = PolicyFiles(settings.policy)
             moderator = build_moderator(settings, store=store, files=files)
-        else:  # built by the caller from these settings: its book's files, watched from here on
-            files = PolicyFiles(settings.policy)
+            resources.callback(moderator.close)
+        # else: built by the caller from these settings: its book's files, watched from here on
         kafka = settings.kafka
         health.starting("connecting to Kafka")
         ensure_topics(settings, [kafka.review_topic, kafka.dead_letter_topic])
-        consumer = make_consumer(settings)
         worker = Worker(
-            consumer=consumer, producer=make_worker_producer(settings), moderator=moderator, store=store,
+            consumer=resources.enter_context(_leaving(make_consumer(settings))),
+            producer=make_worker_producer(settings), moderator=moderator, store=store,
             settings=settings, metrics=metrics, producer_factory=lambda: make_worker_producer(settings),
             policies=files,
         )
+        resources.callback(worker.close)
         describe(metrics, moderator)
         health.running(settings, worker, store)
         worker.run(stop)
-    finally:
-        # Offsets were committed batch by batch; nothing unfinished may be committed on the way out.
-        if consumer is not None:
-            consumer.close(autocommit=False)
-        if worker is not None:
-            worker.close()  # its producer: the one in use, which a broker error may have replaced
-        if moderator is not None:
-            moderator.close()
-        if store is not None:
-            store.engine.dispose()
-        if ops is not None:
-            ops.stop()
     return worker.totals
+
+
+@contextmanager
+def _leaving(consumer: KafkaConsumer) -> Iterator[KafkaConsumer]:
+    try:
+        yield consumer
+    finally:
+        consumer.close(autocommit=False)
 
 
 def describe(metrics: WorkerMetrics, moderator: Moderator) -> None:

@@ -939,7 +939,7 @@ def test_outcomes_deployment_is_optional_and_probe_free() -> None:
     # `moderation outcomes run` serves no HTTP endpoint, so the pod has no port and no HTTP probes. If the
     # command ever starts the ops server, add them (and this check will say so).
     assert not {"ports", "livenessProbe", "readinessProbe", "startupProbe"} & set(container)
-    for module in ("consumers/outcomes.py", "consumers/commands/outcomes.py"):
+    for module in ("consumers/outcome_consumer.py", "consumers/commands/outcomes.py"):
         source = (REPO / module).read_text()
         assert "consumers.ops" not in source and "OpsServer" not in source, module
     assert pod["terminationGracePeriodSeconds"] == VALUES["outcomes"]["terminationGracePeriodSeconds"]

@@ -22,7 +22,7 @@ from sqlalchemy import inspect, update
 from consumers.broker import EmbeddedBroker
 from consumers.clients import make_consumer, make_producer, read_topic
 from consumers.messages import header
-from consumers.outcomes import OutcomeConsumer, group_id, run_outcomes
+from consumers.outcome_consumer import OutcomeConsumer, group_id, run_outcomes
 from moderation.events import REASON_EMPTY, REASON_INVALID_JSON, REASON_TOO_LARGE, REASON_UNSUPPORTED_VERSION
 from moderation.exceptions import EventError
 from moderation.review_outcome import ID_MAX_LENGTH, REASON_INVALID_OUTCOME, ReviewOutcome, parse_outcome

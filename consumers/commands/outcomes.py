@@ -1,6 +1,6 @@
 """`moderation outcomes run` and `moderation policy precision`: reviewers' decisions in and out.
 
-The consumer (`consumers.outcomes`) stores what reviewers decided about flagged items; the precision
+The consumer (`consumers.outcome_consumer`) stores what reviewers decided about flagged items; the precision
 report turns that into the number policy editors ask first: of what a category flagged, how much did
 reviewers agree with?
 """
@@ -28,7 +28,7 @@ def cmd_outcomes_run(args: argparse.Namespace, settings: Settings) -> int:
     install_stop_signals(stop)  # before the heavy imports: a SIGTERM during start-up is a clean stop
     import structlog
 
-    from consumers.outcomes import group_id, run_outcomes
+    from consumers.outcome_consumer import group_id, run_outcomes
 
     structlog.get_logger("moderation").info(
         "starting outcomes consumer", topic=settings.kafka.review_outcomes_topic, group=group_id(settings),

@@ -28,8 +28,7 @@ from consumers.publishing import publish
 from moderation.exceptions import EventError
 from moderation.review_outcome import ReviewOutcome, parse_outcome
 from moderation.settings import Settings
-from moderation.storage import StorageError, create_engine_for
-from moderation.storage.migrate import require_compatible
+from moderation.storage import StorageError, open_engine
 from moderation.storage.review_decisions import OutcomeStore
 
 log = structlog.get_logger("moderation.outcomes")
@@ -149,21 +148,18 @@ class OutcomeConsumer:
         self.totals.batches += 1
 
 
-def open_outcome_store(settings: Settings) -> OutcomeStore:
-    """Connect and check the schema is migrated (review_outcomes arrived in revision 0002)."""
-    require_compatible(settings.database_url)
-    return OutcomeStore(create_engine_for(settings.database_url))
-
-
 def run_outcomes(settings: Settings, stop: threading.Event) -> OutcomeTotals:
     """Run the review-outcomes consumer until `stop` is set, then leave the group cleanly."""
-    store = open_outcome_store(settings)
-    consumer = make_consumer(settings, group_id=group_id(settings), max_poll_records=MAX_POLL_RECORDS)
-    producer = make_producer(settings)
-    try:
-        return OutcomeConsumer(consumer=consumer, producer=producer, store=store, settings=settings).run(stop)
-    finally:
-        consumer.close(autocommit=False)  # offsets were committed batch by batch; nothing unfinished
-        producer.close(timeout=10)
-        store.engine.dispose()
+    # The schema check comes first: review_outcomes arrived in revision 0002.
+    with open_engine(settings.database_url, require_schema=True) as engine:
+        store = OutcomeStore(engine)
+        consumer = make_consumer(settings, group_id=group_id(settings), max_poll_records=MAX_POLL_RECORDS)
+        try:
+            producer = make_producer(settings)
+            try:
+                return OutcomeConsumer(consumer=consumer, producer=producer, store=store, settings=settings).run(stop)
+            finally:
+                producer.close(timeout=10)
+        finally:
+            consumer.close(autocommit=False)  # offsets were committed batch by batch; nothing unfinished
 
