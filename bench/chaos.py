@@ -390,7 +390,7 @@ class Committed:
 def run_chaos(config: Config, log: Any = say) -> Outcome:  # noqa: C901 - one story, told in order
     from consumers.broker import EmbeddedBroker
     from consumers.clients import ensure_topics, make_producer
-    from moderation.settings import Settings
+    from consumers.settings import Settings
     from moderation.testmodel import build_test_model
 
     began = time.monotonic()

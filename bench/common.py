@@ -194,7 +194,7 @@ def bench_settings(
     Duplicate reuse is off unless asked for: the throughput runs cycle over a fixed set of images, and
     with reuse on they would measure the cache instead of the model (bench/reuse.py measures reuse).
     """
-    from moderation.settings import Settings
+    from consumers.settings import Settings
 
     tag = secrets.token_hex(4)
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,10 @@ from consumers.commands import demo, embeddings, migrate, outcomes, policy, prod
 from consumers.commands import settings as settings_command
 from consumers.errors import CommandError, ExitCode
 from consumers.logs import configure_logging
+from consumers.settings import InvalidSettingsError, Settings, load_settings
 from moderation import __version__
 from moderation.exceptions import ModerationError
-from moderation.settings import InvalidSettingsError, Settings, load_settings, mask_url
+from moderation.settings import mask_url
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,8 @@ from kafka.errors import (
 )
 
 from consumers.errors import CommandError
+from consumers.settings import KafkaSettings, Settings
 from moderation.exceptions import ConfigurationError, ModerationError
-from moderation.settings import KafkaSettings, Settings
 
 
 class BrokerUnreachable(KafkaTimeoutError, ModerationError):

@@ -28,9 +28,9 @@ from consumers import dead_letters
 from consumers.dead_letters import dead_letter_for
 from consumers.messages import OutgoingMessage, review_message
 from consumers.publishing import SEND_TIMEOUT_S, Sends, flush_and_check, send_all
+from consumers.settings import KafkaSettings
 from consumers.transaction import Transaction
 from moderation.exceptions import EventError
-from moderation.settings import KafkaSettings
 from moderation.storage import StorageError, VerdictStore
 from moderation.verdict import Verdict, VerdictStatus
 

@@ -20,7 +20,8 @@ from consumers.errors import ExitCode
 from consumers.messages import header
 from consumers.producer import file_event, image_event, send_events
 from consumers.service import build_moderator, run_worker
-from moderation.settings import PolicySettings, Settings
+from consumers.settings import Settings
+from moderation.settings import PolicySettings
 from moderation.storage import VerdictStore, open_engine
 from moderation.storage.migrate import upgrade
 from moderation.verdict import Verdict

@@ -25,9 +25,9 @@ from consumers.dead_letters import dead_letter_for
 from consumers.messages import OutgoingMessage
 from consumers.offsets import next_offsets, to_commit
 from consumers.publishing import publish
+from consumers.settings import Settings
 from moderation.exceptions import EventError
 from moderation.review_outcome import ReviewOutcome, parse_outcome
-from moderation.settings import Settings
 from moderation.storage import StorageError, open_engine
 from moderation.storage.review_decisions import OutcomeStore
 

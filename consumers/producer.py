@@ -16,8 +16,8 @@ from consumers.clients import make_producer
 from consumers.errors import CommandError
 from consumers.messages import OutgoingMessage
 from consumers.publishing import publish
+from consumers.settings import Settings
 from moderation.events import SCHEMA_VERSION
-from moderation.settings import Settings
 
 
 def image_event(

@@ -16,13 +16,13 @@ from consumers.delivery import BatchResult
 from consumers.metrics import WorkerMetrics
 from consumers.ops import CachedCheck, Check, OpsServer
 from consumers.pipeline import Worker
+from consumers.settings import Settings
 from consumers.signals import install_stop_signals  # noqa: F401 - re-exported for callers
 from moderation.clip_scorer import ClipScorer
 from moderation.exceptions import ConfigurationError
 from moderation.moderator import Moderator
 from moderation.policy_book import PolicyFiles
 from moderation.reuse import EmbeddingCache, GuardedLookup
-from moderation.settings import Settings
 from moderation.storage import EmbeddingStore, VerdictStore, open_engine
 
 log = structlog.get_logger("moderation.service")

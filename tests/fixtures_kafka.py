@@ -21,9 +21,9 @@ from kafka import KafkaAdminClient
 from consumers.broker import EmbeddedBroker
 from consumers.clients import make_producer, read_topic
 from consumers.producer import send_events
+from consumers.settings import Settings
 from consumers.worker import Worker
 from moderation.moderator import Moderator
-from moderation.settings import Settings
 from moderation.storage import VerdictStore
 
 __all__ = [

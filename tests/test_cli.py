@@ -275,7 +275,7 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path, test_model_dir: Path) 
 
 def test_build_moderator_applies_the_model_settings(test_model_dir: Path) -> None:
     from consumers.service import build_moderator
-    from moderation.settings import Settings
+    from consumers.settings import Settings
 
     settings = Settings(
         model={"name_or_path": str(test_model_dir), "device": "cpu", "cpu_mode": "int8"},

@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10: the test extra installs tomli
     import tomli as tomllib
 
-from moderation.settings import OpsSettings, Settings, environment_variables
+from consumers.settings import OpsSettings, Settings, environment_variables
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"

@@ -28,7 +28,7 @@ from consumers.metrics import WorkerMetrics
 from consumers.pipeline.items import Delivered
 from consumers.pipeline.ledger import Ledger
 from consumers.producer import file_event, send_events
-from moderation.settings import Settings
+from consumers.settings import Settings
 from moderation.storage import VerdictStore, create_engine_for, upgrade
 from moderation.storage.models import review_publications_table
 from moderation.testmodel import make_colour_image

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from consumers.demo import _demo_settings, _write_samples, bundled_policy, demo_policy
+from consumers.settings import Settings
 from moderation.events import ImageEvent, parse_event
 from moderation.exceptions import ImageLoadError
 from moderation.fetch import REASON_NOT_FOUND, fetch_bytes
 from moderation.policy import load_policy
-from moderation.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -33,8 +33,8 @@ import pytest
 import yaml
 
 from consumers.metrics import WorkerMetrics
+from consumers.settings import Settings, environment_variables
 from moderation.policy import parse_policy
-from moderation.settings import Settings, environment_variables
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "moderation"

@@ -803,7 +803,7 @@ def test_hostile_input_settings_defaults() -> None:
 
 
 def test_hostile_input_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from moderation.settings import Settings
+    from consumers.settings import Settings
 
     monkeypatch.setenv("MODERATION_IMAGES__ALLOWED_FORMATS", '["jpeg", "png"]')
     monkeypatch.setenv("MODERATION_IMAGES__ALLOWED_URL_HOSTS", '["*.CDN.example.com", "images.example.com"]')

@@ -25,7 +25,7 @@ from consumers.delivery import STEP_PERSISTED, BatchResult
 from consumers.messages import header
 from consumers.pipeline import Worker
 from consumers.service import build_moderator, serve_running_worker
-from moderation.settings import OpsSettings
+from consumers.settings import OpsSettings
 from moderation.storage import VerdictStore, create_engine_for, upgrade
 from tests.fixtures_kafka import PipelineEnv, committed_total, new_worker
 from tests.tcp_proxy import TcpProxy

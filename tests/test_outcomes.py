@@ -23,10 +23,10 @@ from consumers.broker import EmbeddedBroker
 from consumers.clients import make_consumer, make_producer, read_topic
 from consumers.messages import header
 from consumers.outcome_consumer import OutcomeConsumer, group_id, run_outcomes
+from consumers.settings import Settings
 from moderation.events import REASON_EMPTY, REASON_INVALID_JSON, REASON_TOO_LARGE, REASON_UNSUPPORTED_VERSION
 from moderation.exceptions import EventError
 from moderation.review_outcome import ID_MAX_LENGTH, REASON_INVALID_OUTCOME, ReviewOutcome, parse_outcome
-from moderation.settings import Settings
 from moderation.storage import VerdictStore, create_engine_for, upgrade
 from moderation.storage.models import review_outcomes_table, verdicts_table
 from moderation.storage.review_decisions import CategoryPrecision, OutcomeStore, ReviewCounts

@@ -196,7 +196,7 @@ def test_tune_from_reviewer_decisions(traffic: str, test_model_dir: Path, tmp_pa
 def run(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
     """Parse `argv` as `moderation` does and run its handler here; CommandError propagates to the test."""
     from consumers.cli import build_parser
-    from moderation.settings import Settings
+    from consumers.settings import Settings
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)

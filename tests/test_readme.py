@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moderation.settings import environment_variables
+from consumers.settings import environment_variables
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()

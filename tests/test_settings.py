@@ -1,4 +1,4 @@
-"""moderation/settings.py: defaults, MODERATION_* environment, .env files, masking of secrets."""
+"""consumers/settings.py and moderation/settings.py: defaults, MODERATION_* environment, .env files, masking of secrets."""
 
 from __future__ import annotations
 
@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from moderation.settings import (
-    BatchingSettings,
-    DatabaseSettings,
-    ImageSettings,
-    InvalidSettingsError,
-    KafkaSettings,
-    Settings,
-    load_settings,
-    mask_url,
-)
+from consumers.settings import BatchingSettings, InvalidSettingsError, KafkaSettings, Settings, load_settings
+from moderation.settings import DatabaseSettings, ImageSettings, mask_url
 
 MASK = "**********"
 DB_PASSWORD = "s3cr3t-db-pa55"

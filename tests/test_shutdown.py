@@ -23,8 +23,8 @@ from kafka import KafkaAdminClient
 
 from consumers.messages import header
 from consumers.producer import file_event
+from consumers.settings import Settings
 from moderation.events import parse_event
-from moderation.settings import Settings
 from moderation.storage import VerdictStore, create_engine_for, upgrade
 from tests.fixtures_kafka import PipelineEnv, committed_total
 from tests.test_cli import colour_files, drain_and_terminate, start_worker, worker_variables

@@ -29,9 +29,9 @@ from consumers.clients import ensure_topics
 from consumers.metrics import WorkerMetrics
 from consumers.producer import file_event
 from consumers.service import build_moderator, run_worker
+from consumers.settings import Settings
 from moderation.events import parse_event
 from moderation.exceptions import ConfigurationError
-from moderation.settings import Settings
 from moderation.storage import VerdictStore, create_engine_for, upgrade
 from moderation.testmodel import make_colour_image
 from tests.fixtures_kafka import POLICY, PipelineEnv, committed_total

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moderation.settings import Settings
+from consumers.settings import Settings
 
 if TYPE_CHECKING:
     from moderation.clip_scorer import ClipScorer

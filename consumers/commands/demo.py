@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from moderation.settings import Settings
+from consumers.settings import Settings
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

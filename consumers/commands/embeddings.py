@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from consumers.errors import ExitCode
-from moderation.settings import Settings
+from consumers.settings import Settings
 
 
 def positive_days(text: str) -> float:

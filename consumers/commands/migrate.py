@@ -7,7 +7,8 @@ import argparse
 from typing import Any
 
 from consumers.errors import ExitCode
-from moderation.settings import Settings, mask_url
+from consumers.settings import Settings
+from moderation.settings import mask_url
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from consumers.commands.arguments import since
 from consumers.errors import ExitCode
-from moderation.settings import Settings
+from consumers.settings import Settings
 
 if TYPE_CHECKING:  # the storage layer loads on use: other commands start without it
     from moderation.storage.review_decisions import CategoryPrecision

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from consumers.commands import backtest, tune
 from consumers.commands.checkpoint import LazyScorer
 from consumers.errors import ExitCode
+from consumers.settings import Settings
 from moderation.exceptions import ModerationError, PolicyError
-from moderation.settings import Settings
 
 if TYPE_CHECKING:
     from moderation.policy import LoadedPolicy

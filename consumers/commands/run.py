@@ -7,8 +7,8 @@ import threading
 from typing import Any
 
 from consumers.errors import ExitCode
+from consumers.settings import Settings
 from moderation import __version__
-from moderation.settings import Settings
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from consumers.errors import ExitCode
-from moderation.settings import Settings
+from consumers.settings import Settings
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:

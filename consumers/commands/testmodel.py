@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from consumers.errors import ExitCode
-from moderation.settings import Settings
+from consumers.settings import Settings
 
 
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from consumers.commands.arguments import since
 from consumers.commands.checkpoint import LazyScorer, by_model, model_ids
 from consumers.errors import CommandError, ExitCode
-from moderation.settings import Settings
+from consumers.settings import Settings
 
 if TYPE_CHECKING:
     from moderation.clip_scorer import ClipScorer

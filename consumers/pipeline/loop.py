@@ -34,10 +34,10 @@ from consumers.pipeline.prepare import Prepare
 from consumers.pipeline.rebalance import Listener, Rebalancing
 from consumers.pipeline.score import Score
 from consumers.pipeline.stages import Stage, Supervisor
+from consumers.settings import Settings
 from moderation.exceptions import ModerationError
 from moderation.moderator import Moderator
 from moderation.policy_book import PolicyFiles
-from moderation.settings import Settings
 from moderation.storage import VerdictStore
 from moderation.threads import DaemonPool
 
