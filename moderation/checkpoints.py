@@ -208,7 +208,7 @@ def quantise_image_tower(model: CLIPModel) -> None:
 
     with warnings.catch_warnings():
         # torch.ao.quantization warns that it is deprecated in favour of torchao; it still works in
-        # torch 2.13 and torchao is not a dependency. tests/test_scorer.py checks it is really int8.
+        # torch 2.13 and torchao is not a dependency. tests/unit/test_scorer.py checks it is really int8.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         # quantize_dynamic swaps children, never the module it is given: the projection (a bare Linear)

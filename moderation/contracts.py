@@ -1,7 +1,7 @@
 """The contracts between the moderator and the model: what a scorer and a JPEG decoder must offer.
 
 The moderator, the offline embedding of files and the runtime's start-up log read a scorer only through
-`Scorer`; `ClipScorer` (moderation/clip_scorer.py) is the real one and tests/fakes.py the one fake, and
+`Scorer`; `ClipScorer` (moderation/clip_scorer.py) is the real one and tests/support/fakes.py the one fake, and
 both implement all of it, so nobody probes a scorer for what it happens to have. Like
 moderation/verdict.py this module imports nothing from `moderation` at run time: it is safe to import
 from anywhere.

@@ -15,7 +15,7 @@ The geometry (resize size, crop offsets, integer truncation) mirrors transformer
 Without a draft the pixels still differ by a grey level or two here and there: Pillow rounds to 8 bits
 between its horizontal and vertical passes and picks their order by the sizes involved, so the smaller
 cropped resize sometimes runs them the other way round. A draft adds about half a grey level on
-average (a different low-pass filter). tests/test_preprocess.py holds both to embedding cosine >= 0.999.
+average (a different low-pass filter). tests/unit/test_preprocess.py holds both to embedding cosine >= 0.999.
 """
 
 from __future__ import annotations
