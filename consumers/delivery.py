@@ -227,9 +227,10 @@ class Delivery:
     def _outgoing(
         self, stored: Sequence[Verdict], bad: Sequence[OutgoingMessage]
     ) -> tuple[list[Verdict], list[OutgoingMessage]]:
-        """Step 2's messages: a review message per flagged verdict, except those acknowledged before (the
-        event re-sent, or a conflicting event under its id), and the dead letters, cut to fit if need be."""
-        flagged = [v for v in stored if v.flagged]
+        """Step 2's messages: a review message per verdict that needs review (flagged or audited), except
+        those acknowledged before (the event re-sent, or a conflicting event under its id), and the dead
+        letters, cut to fit if need be."""
+        flagged = [v for v in stored if v.needs_review]
         published = self.store.reviews_published([v.event_id for v in flagged]) if flagged else set()
         reviews = [v for v in flagged if v.event_id not in published]
         limit = int(self._producer.config.get("max_request_size", 1024 * 1024))

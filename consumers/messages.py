@@ -1,4 +1,4 @@
-"""What we publish: review-topic messages for flagged verdicts (dead letters: consumers/dead_letters.py).
+"""What we publish: review-topic messages for verdicts that need review (dead letters: consumers/dead_letters.py).
 
 Review messages are keyed by ``content_id`` and carry the ``event_id`` in a header as well as in the
 body, so a review tool can drop the repeats an at-least-once redelivery may cause.
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from moderation.review.routing import review_reason
 from moderation.verdict import Verdict
 
 REVIEW_SCHEMA_VERSION = 1
@@ -36,6 +37,8 @@ def review_payload(verdict: Verdict) -> dict[str, Any]:
         "top_category": verdict.top_category,
         "action": verdict.action,
         "uncertain": verdict.uncertain,  # sent to review because a score fell in the policy's uncertain band
+        "audited": verdict.audited,  # not flagged: drawn by the policy's audit sampling
+        "review_reason": review_reason(verdict).value,  # escalate | block | review | uncertain | audit
         "scores": verdict.scores,
         "best_prompt": verdict.best_prompt,
         "policy_version": verdict.policy_version,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from moderation.audit import audit_draw
 from moderation.decision import decide
 from moderation.embedding import Embedded
 from moderation.events import ImageEvent
@@ -55,6 +56,8 @@ def build_verdicts(
                     embedding_reused=embedded.reused if embedded is not None else False,
                     embedding=embedded.embedding if embedded is not None and keep_embeddings else None,
                     shadows=tuple(batch.shadows.get(i, ())),
+                    audited=not decision.flagged and audit_draw(event.event_id, policy.policy.audit_rate),
+                    keep_media=not policy.policy.forbids_media(outcome.probabilities, decision.top_category),
                 ))
                 continue
         # It loaded, so its identity and load time are kept on the error verdict.

@@ -53,6 +53,9 @@ class Category(BaseModel):
     action: Action | None = None
     # Scores in [threshold - margin, threshold + margin) go to review marked uncertain, not decided.
     uncertain_margin: float | None = Field(default=None, gt=0.0, lt=1.0)
+    # False: content that must not be retained (the law or the platform's rules forbid copies). An item
+    # near this category gets no reviewer copy of its image: reviewers see scores, hashes and metadata.
+    keep_media: bool = True
     description: str = ""
 
     @model_validator(mode="after")
@@ -97,6 +100,9 @@ class Policy(BaseModel):
     description: str = ""
     scoring: ScoringMode = "softmax"
     categories: dict[CategoryName, Category] = Field(min_length=1)
+    # The fraction of allowed images sent to review all the same, drawn from the event_id (a redelivery
+    # draws the same ones): what reviewers find there measures what the policy misses.
+    audit_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     examples: list[Example] = Field(default_factory=list, max_length=10_000)
 
     @model_validator(mode="after")
@@ -121,6 +127,20 @@ class Policy(BaseModel):
     @property
     def unsafe_categories(self) -> dict[str, Category]:
         return {name: c for name, c in self.categories.items() if c.unsafe}
+
+    def forbids_media(self, scores: dict[str, float], top_category: str | None) -> bool:
+        """Whether no copy of this image may be kept: a `keep_media: false` category is its top category,
+        or (unsafe) scored within its uncertain band or above its threshold. Erring on the side of not keeping."""
+        for name, category in self.categories.items():
+            if category.keep_media:
+                continue
+            if name == top_category:
+                return True
+            if category.threshold is not None:
+                floor = category.threshold - (category.uncertain_margin or 0.0)
+                if scores.get(name, 0.0) >= floor:
+                    return True
+        return False
 
 
 @dataclass(frozen=True)

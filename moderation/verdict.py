@@ -32,6 +32,27 @@ class VerdictStatus(str, Enum):
     ERROR = "error"  # the image could not be loaded or decoded; `error_reason` says why
 
 
+class MediaStatus(str, Enum):
+    """What became of an item's reviewer copy of its image (see moderation/media.py)."""
+
+    STORED = "stored"  # in the media store under `key`
+    WITHHELD = "withheld"  # a category of the verdict forbids keeping the image: scores and hashes only
+    OFF = "off"  # the worker keeps no media (MODERATION_MEDIA__ENABLED=false)
+    FAILED = "failed"  # the image could not be re-encoded (its bytes were not kept, or decoding failed)
+    PRUNED = "pruned"  # removed by retention
+
+
+@dataclass(frozen=True)
+class ReviewMedia:
+    """The reviewer copy of one item's image, as the delivery step stored it before the verdict."""
+
+    status: MediaStatus
+    key: str | None = None  # where the media store holds it (status STORED)
+    width: int | None = None
+    height: int | None = None
+    detail: str | None = None  # why not stored, for the console
+
+
 class Scores(Protocol):
     """One image's scores under one policy, as a scorer returns them."""
 
@@ -74,10 +95,20 @@ class Verdict:
     created_at: datetime | None = field(default=None, compare=False)  # set by storage
     uncertain: bool = False  # flagged for review because a score fell in the policy's uncertain band
     embedding_reused: bool = False  # the image's bytes were scored before: no forward pass this time
+    # Not flagged, but drawn by the policy's audit sampling (`audit_rate`): sent to review all the same.
+    audited: bool = False
     # Carried to storage, not part of the verdict's identity: the image's embedding (float16 [dim], for
     # the embeddings table; None on error or when not stored) and the shadow policies' verdicts.
     embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
     shadows: tuple[ShadowVerdict, ...] = field(default=(), compare=False, repr=False)
+    media: ReviewMedia | None = field(default=None, compare=False, repr=False)  # the reviewer copy, if any
+    # False when a category of the policy forbids keeping this image (`keep_media: false`): no reviewer copy.
+    keep_media: bool = field(default=True, compare=False, repr=False)
+
+    @property
+    def needs_review(self) -> bool:
+        """Whether a person should look at it: flagged (uncertain included) or drawn for an audit."""
+        return self.status is VerdictStatus.OK and (self.flagged or self.audited)
 
     @classmethod
     def ok(
@@ -94,6 +125,8 @@ class Verdict:
         embedding_reused: bool = False,
         embedding: np.ndarray | None = None,
         shadows: tuple[ShadowVerdict, ...] = (),
+        audited: bool = False,
+        keep_media: bool = True,
     ) -> Verdict:
         """The verdict of an image scored and decided under `policy`."""
         return cls(
@@ -116,6 +149,8 @@ class Verdict:
             score_ms=round(score_ms, 3),
             uncertain=decision.uncertain,
             embedding_reused=embedding_reused,
+            audited=audited,
+            keep_media=keep_media,
             embedding=embedding,
             shadows=shadows,
         )

@@ -2,6 +2,10 @@
 beside it `embeddings` (one per image content and model, for backtests and duplicate reuse),
 `shadow_verdicts` (what candidate policies would have decided) and `review_outcomes` (what reviewers
 decided about flagged items), `review_publications` (which verdicts' review messages were published).
+The review console's tables: `review_items` (the queue, one row per event sent to human review, with
+its claim and its reviewer copy of the image), `review_decisions` (append-only decision history, also the
+outbox of the decisions topic), `review_audit` (append-only audit log), `console_users` and
+`console_sessions`.
 
 The schema is declared here once, for the store's queries and as Alembic's `target_metadata`; the
 migrations in `migrations/versions/` create it and must stay in step with it (a test compares them).
@@ -25,6 +29,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -118,6 +123,7 @@ class VerdictRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
     uncertain: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
     embedding_reused: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    audited: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
 
     __table_args__ = (
         # The one invariant the database can check cheaply: a status the code knows how to read back.
@@ -202,6 +208,128 @@ class ReviewPublicationRow(Base):
     published_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
 
 
+class ReviewItemRow(Base):
+    """One event sent to human review: its place in the queue, its claim and its reviewer copy of the image.
+
+    Written with its verdict, in the same transaction (so no flagged verdict lacks its queue row). The
+    queue order is (priority, entered_at): block before review before uncertain before audit, oldest
+    first. A claim is a lease: `claimed_by` holds the item until `claim_expires_at`, then anyone may take it.
+    """
+
+    __tablename__ = "review_items"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False, unique=True)
+    content_id: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    source: Mapped[str] = mapped_column(String(128), nullable=False)
+    reason: Mapped[str] = mapped_column(String(16), nullable=False)  # why it entered (review/routing.py)
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False)  # lower first
+    category: Mapped[str | None] = mapped_column(String(64))  # the verdict's top category
+    queue: Mapped[str] = mapped_column(String(64), nullable=False)  # the category, or audit/escalated/appeals
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # pending | decided
+    claimed_by: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    claim_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    excluded_reviewer: Mapped[str | None] = mapped_column(String(ID_LENGTH))  # an appeal: not the one who decided
+    media_status: Mapped[str] = mapped_column(String(16), nullable=False)  # stored|withheld|off|failed|pruned
+    media_key: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    media_width: Mapped[int | None] = mapped_column(Integer)
+    media_height: Mapped[int | None] = mapped_column(Integer)
+    entered_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)  # (re-)entered the queue
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    latest_decision_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'decided')", name="status"),
+        Index("ix_review_items_status_priority_entered_at", "status", "priority", "entered_at"),
+        Index("ix_review_items_queue_status", "queue", "status"),
+        Index("ix_review_items_claimed_by", "claimed_by"),
+        Index("ix_review_items_created_at", "created_at"),
+    )
+
+
+class ReviewDecisionRow(Base):
+    """One decision on a review item, append-only: the latest per item is its state.
+
+    `decision_id` is the idempotency key of its message on the decisions topic; `published_at` is set once
+    the brokers acknowledged it (the rows still NULL there are the outbox).
+    """
+
+    __tablename__ = "review_decisions"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    decision_id: Mapped[str] = mapped_column(String(36), nullable=False, unique=True)
+    item_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    event_id: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    content_id: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    reviewer: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # decide | override | escalate | appeal
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)  # violating | not_violating | escalated
+    categories: Mapped[dict[str, Any]] = mapped_column(ScoresJSON, nullable=False)  # category -> violating?
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    previous_decision_id: Mapped[str | None] = mapped_column(String(36))
+    bulk_id: Mapped[str | None] = mapped_column(String(36))
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("outcome IN ('violating', 'not_violating', 'escalated')", name="outcome"),
+        Index("ix_review_decisions_item_id", "item_id"),
+        Index("ix_review_decisions_reviewer_decided_at", "reviewer", "decided_at"),
+        Index("ix_review_decisions_decided_at", "decided_at"),
+        Index("ix_review_decisions_published_at", "published_at"),
+    )
+
+
+class ReviewAuditRow(Base):
+    """The audit log, append-only: decisions, claims, media views, logins and account changes."""
+
+    __tablename__ = "review_audit"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    actor: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    item_id: Mapped[int | None] = mapped_column(BigInteger)
+    event_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    detail: Mapped[dict[str, Any]] = mapped_column(ScoresJSON, nullable=False)
+
+    __table_args__ = (
+        Index("ix_review_audit_at", "at"),
+        Index("ix_review_audit_actor_at", "actor", "at"),
+        Index("ix_review_audit_item_id", "item_id"),
+    )
+
+
+class ConsoleUserRow(Base):
+    """A console account: a built-in login (argon2 hash) or a name a trusted proxy vouches for (no hash)."""
+
+    __tablename__ = "console_users"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    preferences: Mapped[dict[str, Any]] = mapped_column(ScoresJSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+    __table_args__ = (CheckConstraint("role IN ('reviewer', 'lead', 'admin')", name="role"),)
+
+
+class ConsoleSessionRow(Base):
+    """A server-side login session: the cookie carries a random token, the table only its sha256."""
+
+    __tablename__ = "console_sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), nullable=False)
+    csrf_token: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (Index("ix_console_sessions_username", "username"),)
+
+
 class SchemaCompatibilityRow(Base):
     """Per schema revision, the oldest code revision that can run on it (see storage/migrate.py).
 
@@ -220,3 +348,8 @@ embeddings_table: Table = Base.metadata.tables["embeddings"]
 shadow_verdicts_table: Table = Base.metadata.tables["shadow_verdicts"]
 review_outcomes_table: Table = Base.metadata.tables["review_outcomes"]
 review_publications_table: Table = Base.metadata.tables["review_publications"]
+review_items_table: Table = Base.metadata.tables["review_items"]
+review_decisions_table: Table = Base.metadata.tables["review_decisions"]
+review_audit_table: Table = Base.metadata.tables["review_audit"]
+console_users_table: Table = Base.metadata.tables["console_users"]
+console_sessions_table: Table = Base.metadata.tables["console_sessions"]

@@ -18,9 +18,11 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, func, select, text
 
+from moderation.review.routing import queue_row
 from moderation.storage.errors import StorageError, storage_errors
 from moderation.storage.models import (
     embeddings_table,
+    review_items_table,
     review_publications_table,
     shadow_verdicts_table,
     verdicts_table,
@@ -54,6 +56,7 @@ def _to_row(verdict: Verdict) -> dict[str, Any]:
         "score_ms": verdict.score_ms,
         "uncertain": verdict.uncertain,
         "embedding_reused": verdict.embedding_reused,
+        "audited": verdict.audited,
     }
 
 
@@ -105,6 +108,7 @@ def _to_verdict(row: Mapping[str, Any]) -> Verdict:
         created_at=row["created_at"],
         uncertain=bool(row["uncertain"]),
         embedding_reused=bool(row["embedding_reused"]),
+        audited=bool(row["audited"]),
     )
 
 
@@ -131,8 +135,9 @@ class VerdictStore:
         """Record `verdicts` in one transaction; return, in input order, what the database holds for each.
 
         An event_id already stored keeps its original row, and the original comes back; repeats of one
-        event_id within the batch collapse to the first. The verdicts' new embeddings and shadow verdicts
-        are written in the same transaction, equally idempotent. Either all of it is written or nothing.
+        event_id within the batch collapse to the first. The verdicts' new embeddings and shadow verdicts,
+        and a review-queue item for each verdict that needs review, are written in the same transaction,
+        equally idempotent. Either all of it is written or nothing.
         """
         if not verdicts:
             return []
@@ -147,6 +152,7 @@ class VerdictStore:
             if (row := _embedding_row(v)) is not None
         }
         shadows = [_shadow_row(shadow) for v in first.values() for shadow in v.shadows]
+        queued = [queue_row(v) for v in first.values() if v.needs_review]
         table = verdicts_table
         stored: dict[str, Verdict] = {}
         saving = storage_errors(f"could not save {len(verdicts)} verdicts", rejections_are_permanent=True)
@@ -160,6 +166,9 @@ class VerdictStore:
                 conn, shadow_verdicts_table, shadows,
                 [shadow_verdicts_table.c.event_id, shadow_verdicts_table.c.policy_hash],
             )
+            # The review queue's items commit with their verdicts: no flagged verdict is ever missing
+            # from the queue. A repeat keeps the first item, as it keeps the first verdict.
+            self._insert_ignoring_repeats(conn, review_items_table, queued, [review_items_table.c.event_id])
             # Read back inside the same transaction: rows we inserted and rows that were already
             # there (including ones a concurrent writer committed while we waited on its lock).
             for id_chunk in chunks(event_ids, self._max_parameters):
