@@ -43,6 +43,9 @@ class KafkaSettings(SettingsGroup):
     review_outcomes_topic: str = Field(
         "moderation.review.outcomes", description="Reviewers' decisions (confirmed / overturned flags)."
     )
+    decisions_topic: str = Field(
+        "moderation.decisions", description="Review console decisions, for upload services to take down or restore."
+    )
     consumer_group: str = Field("moderation", description="Kafka consumer group of the worker fleet.")
     delivery_mode: Literal["at_least_once", "transactional"] = Field(
         "at_least_once",
@@ -106,6 +109,27 @@ class OpsSettings(SettingsGroup):
     )
 
 
+class ConsoleSettings(SettingsGroup):
+    host: str = Field("127.0.0.1", description="Address `moderation console` binds (0.0.0.0 in a pod).")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the review console; 0 picks a free one.")
+    ops_port: int = Field(
+        9109, ge=0, le=65535, description="Port of the console's /metrics, /healthz and /readyz (not authenticated)."
+    )
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="A login lasts this long.")
+    claim_minutes: float = Field(
+        10.0, gt=0, le=24 * 60, description="A claimed item returns to the queue this long after its claim."
+    )
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses or CIDRs of authenticating proxies whose identity header is trusted."
+    )
+    identity_header: str = Field(
+        "X-Forwarded-User", description="The header naming the user, accepted only from a trusted proxy."
+    )
+    login_attempts_per_minute: int = Field(
+        5, ge=1, le=1000, description="Failed logins allowed per minute for one name from one address."
+    )
+
+
 class LogSettings(SettingsGroup):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
@@ -130,6 +154,7 @@ class Settings(BaseSettings):
     embeddings: EmbeddingSettings = EmbeddingSettings()
     images: ImageSettings = ImageSettings()
     ops: OpsSettings = OpsSettings()
+    console: ConsoleSettings = ConsoleSettings()
     log: LogSettings = LogSettings()
 
     @field_validator("data_dir")

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, and_, case, func, select
+from sqlalchemy import Connection, Engine, and_, case, func, select
 
 from moderation.review_outcome import CONFIRMED, OVERTURNED, SCHEMA_VERSION, ReviewOutcome
 from moderation.storage.embeddings import same_image
@@ -75,6 +75,33 @@ class CategoryPrecision:
         }
 
 
+def upsert_latest(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+    """Write outcome rows (one per event_id) in `conn`'s transaction, each replacing a stored one only if
+    strictly later; returns how many were inserted or replaced. The review console calls it with its
+    decisions, in the decision's own transaction."""
+    if not rows:
+        return 0
+    insert_for, max_parameters = dialect_insert(conn.engine)
+    table = review_outcomes_table
+    written = 0
+    for chunk in chunks(rows, max(1, max_parameters // len(rows[0]))):
+        insert = insert_for(table).values(list(chunk))
+        upsert = insert.on_conflict_do_update(
+            index_elements=[table.c.event_id],
+            set_={
+                "outcome": insert.excluded.outcome,
+                "category": insert.excluded.category,
+                "reviewer": insert.excluded.reviewer,
+                "decided_at": insert.excluded.decided_at,
+                "received_at": func.now(),
+            },
+            where=table.c.decided_at < insert.excluded.decided_at,
+        )
+        # RETURNING lists exactly the rows inserted or updated (not those the WHERE skipped).
+        written += len(conn.execute(upsert.returning(table.c.event_id)).all())
+    return written
+
+
 def _stored_outcome(row: Any) -> ReviewOutcome:
     return ReviewOutcome(
         schema_version=SCHEMA_VERSION, event_id=row.event_id, outcome=row.outcome,
@@ -114,25 +141,8 @@ class OutcomeStore:
             }
             for o in latest.values()
         ]
-        table = review_outcomes_table
-        written = 0
         with storage_errors(f"could not save {len(rows)} review outcomes"), self._engine.begin() as conn:
-            for chunk in chunks(rows, max(1, self._max_parameters // len(rows[0]))):
-                insert = self._insert(table).values(list(chunk))
-                upsert = insert.on_conflict_do_update(
-                    index_elements=[table.c.event_id],
-                    set_={
-                        "outcome": insert.excluded.outcome,
-                        "category": insert.excluded.category,
-                        "reviewer": insert.excluded.reviewer,
-                        "decided_at": insert.excluded.decided_at,
-                        "received_at": func.now(),
-                    },
-                    where=table.c.decided_at < insert.excluded.decided_at,
-                )
-                # RETURNING lists exactly the rows inserted or updated (not those the WHERE skipped).
-                written += len(conn.execute(upsert.returning(table.c.event_id)).all())
-        return written
+            return upsert_latest(conn, rows)
 
     def get(self, event_id: str) -> ReviewOutcome | None:
         """The decision stored for `event_id`, or None."""

@@ -84,7 +84,7 @@ def _shadow_row(shadow: ShadowVerdict) -> dict[str, Any]:
     }
 
 
-def _to_verdict(row: Mapping[str, Any]) -> Verdict:
+def verdict_from_row(row: Mapping[str, Any]) -> Verdict:
     return Verdict(
         event_id=row["event_id"],
         content_id=row["content_id"],
@@ -174,7 +174,7 @@ class VerdictStore:
             for id_chunk in chunks(event_ids, self._max_parameters):
                 result = conn.execute(select(table).where(table.c.event_id.in_(id_chunk)))
                 for row in result.mappings():
-                    stored[row["event_id"]] = _to_verdict(row)
+                    stored[row["event_id"]] = verdict_from_row(row)
         missing = [event_id for event_id in event_ids if event_id not in stored]
         if missing:  # cannot happen unless something deletes rows under us; never return a partial answer
             raise StorageError(f"verdicts missing right after saving them: {missing[:5]}")
@@ -229,4 +229,4 @@ class VerdictStore:
 
     def _fetch(self, query: Select[Any]) -> list[Verdict]:
         with storage_errors("could not read verdicts"), self._engine.connect() as conn:
-            return [_to_verdict(row) for row in conn.execute(query).mappings()]
+            return [verdict_from_row(row) for row in conn.execute(query).mappings()]
