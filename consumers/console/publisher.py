@@ -59,7 +59,8 @@ class DecisionPublisher:
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
         if self._producer is not None:
             self._producer.close(timeout=timeout_s)
 
@@ -97,7 +98,7 @@ class DecisionPublisher:
             try:
                 self.publish_pending()
                 self.last_error = None
-            except (KafkaError, StorageError) as exc:
+            except (KafkaError, StorageError) as exc:  # a broker not there at all is a KafkaError too
                 self.last_error = str(exc)
                 log.warning("decisions not published yet; retrying", error=str(exc), retry_in_s=IDLE_CHECK_S)
                 if isinstance(exc, KafkaError) and self._producer is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 
@@ -89,8 +89,10 @@ def console_context(settings: Settings, *, publish: bool = True) -> Iterator[Con
         )
 
 
-def serve(settings: Settings, stop: threading.Event, *, ready: threading.Event | None = None) -> None:
-    """Serve the console until `stop` is set (SIGTERM, SIGINT)."""
+def serve(
+    settings: Settings, stop: threading.Event, *, on_listening: Callable[[int, int], None] | None = None
+) -> None:
+    """Serve the console until `stop` is set (SIGTERM, SIGINT); `on_listening(port, ops_port)` once it serves."""
     console = settings.console
     with console_context(settings) as context:
         store = context.verdicts
@@ -123,8 +125,11 @@ def serve(settings: Settings, stop: threading.Event, *, ready: threading.Event |
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign] - `stop` is ours
             threading.Thread(target=_stop_when, args=(stop, server), daemon=True).start()
             log.info("console serving", host=console.host, port=listener.getsockname()[1], ops_port=ops.port)
-            if ready is not None:
-                threading.Thread(target=_announce, args=(server, ready), daemon=True).start()
+            if on_listening is not None:
+                threading.Thread(
+                    target=_announce, args=(server, lambda: on_listening(listener.getsockname()[1], ops.port)),
+                    daemon=True,
+                ).start()
             server.run(sockets=[listener])
         finally:
             ops.stop()
@@ -150,7 +155,8 @@ def _stop_when(stop: threading.Event, server: uvicorn.Server) -> None:
     server.should_exit = True
 
 
-def _announce(server: uvicorn.Server, ready: threading.Event) -> None:
+def _announce(server: uvicorn.Server, announce: Callable[[], None]) -> None:
     while not server.started and not server.should_exit:
         threading.Event().wait(0.05)
-    ready.set()
+    if server.started:
+        announce()

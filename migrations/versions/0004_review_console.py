@@ -71,9 +71,13 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_review_items_status_priority_entered_at"), "review_items", ["status", "priority", "entered_at"]
     )
-    op.create_index(op.f("ix_review_items_queue_status"), "review_items", ["queue", "status"])
+    op.create_index(
+        op.f("ix_review_items_status_queue_entered_at"), "review_items", ["status", "queue", "entered_at"]
+    )
+    op.create_index(
+        op.f("ix_review_items_created_at_category_reason"), "review_items", ["created_at", "category", "reason"]
+    )
     op.create_index(op.f("ix_review_items_claimed_by"), "review_items", ["claimed_by"])
-    op.create_index(op.f("ix_review_items_created_at"), "review_items", ["created_at"])
 
     op.create_table(
         "review_decisions",
@@ -99,7 +103,9 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_review_decisions_item_id"), "review_decisions", ["item_id"])
     op.create_index(op.f("ix_review_decisions_reviewer_decided_at"), "review_decisions", ["reviewer", "decided_at"])
-    op.create_index(op.f("ix_review_decisions_decided_at"), "review_decisions", ["decided_at"])
+    op.create_index(
+        op.f("ix_review_decisions_decided_at_reviewer_kind"), "review_decisions", ["decided_at", "reviewer", "kind"]
+    )
     op.create_index(op.f("ix_review_decisions_published_at"), "review_decisions", ["published_at"])
 
     op.create_table(
@@ -147,10 +153,10 @@ def downgrade() -> None:
     for name in ("item_id", "actor_at", "at"):
         op.drop_index(op.f(f"ix_review_audit_{name}"), table_name="review_audit")
     op.drop_table("review_audit")
-    for name in ("published_at", "decided_at", "reviewer_decided_at", "item_id"):
+    for name in ("published_at", "decided_at_reviewer_kind", "reviewer_decided_at", "item_id"):
         op.drop_index(op.f(f"ix_review_decisions_{name}"), table_name="review_decisions")
     op.drop_table("review_decisions")
-    for name in ("created_at", "claimed_by", "queue_status", "status_priority_entered_at"):
+    for name in ("claimed_by", "created_at_category_reason", "status_queue_entered_at", "status_priority_entered_at"):
         op.drop_index(op.f(f"ix_review_items_{name}"), table_name="review_items")
     op.drop_table("review_items")
     with op.batch_alter_table("verdicts") as batch:

@@ -241,10 +241,13 @@ class ReviewItemRow(Base):
 
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'decided')", name="status"),
+        # The next item: pending, in queue order.
         Index("ix_review_items_status_priority_entered_at", "status", "priority", "entered_at"),
-        Index("ix_review_items_queue_status", "queue", "status"),
+        # The stats page reads these without touching the table (index-only scans): waiting per queue,
+        # sent to review per category and day.
+        Index("ix_review_items_status_queue_entered_at", "status", "queue", "entered_at"),
+        Index("ix_review_items_created_at_category_reason", "created_at", "category", "reason"),
         Index("ix_review_items_claimed_by", "claimed_by"),
-        Index("ix_review_items_created_at", "created_at"),
     )
 
 
@@ -276,7 +279,7 @@ class ReviewDecisionRow(Base):
         CheckConstraint("outcome IN ('violating', 'not_violating', 'escalated')", name="outcome"),
         Index("ix_review_decisions_item_id", "item_id"),
         Index("ix_review_decisions_reviewer_decided_at", "reviewer", "decided_at"),
-        Index("ix_review_decisions_decided_at", "decided_at"),
+        Index("ix_review_decisions_decided_at_reviewer_kind", "decided_at", "reviewer", "kind"),
         Index("ix_review_decisions_published_at", "published_at"),
     )
 
