@@ -22,7 +22,6 @@ from tests.support.console import (
     console_context,
     csrf_of,
     flagged,
-    log_in,
     logged_in,
 )
 
@@ -238,5 +237,6 @@ def test_the_stats_page_shows_queues_precision_and_reviewers(context, engine: En
                                                         "violating": violating, "reason": "seen", "then": "stay"})
         html = browser.get("/stats").text
     assert re.search(r"<td>violence</td><td class=\"num\">1</td>", html)  # one still waiting
-    assert re.search(r"<td>violence</td><td class=\"num\">2</td><td class=\"num\">1</td>\s*<td class=\"num\">0.50", html)
+    precision = r"<td>violence</td><td class=\"num\">2</td><td class=\"num\">1</td>\s*<td class=\"num\">0.50"
+    assert re.search(precision, html)
     assert "<td>alice</td>" in html and "<svg" in html
