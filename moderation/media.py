@@ -87,10 +87,13 @@ def reviewer_copy(
     """
     try:
         image = read_header(encoded, _FORMATS)
-        if image.format in ("JPEG", "MPO"):
-            # Decode at the smallest DCT scale that still covers max_side on both axes: the copy is
-            # smaller than the upload, so most of the decoding work is skipped.
-            image.draft("RGB", (max_side, max_side))
+        long_side = max(image.size)
+        if image.format in ("JPEG", "MPO") and long_side > max_side:
+            # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still leaves the copy's size on both
+            # axes: most of the decoding work is skipped. The copy's size is the same whichever way the
+            # EXIF orientation turns the picture (the long side stays the long side).
+            width, height = image.size
+            image.draft("RGB", (-(-width * max_side // long_side), -(-height * max_side // long_side)))
         image.load()
         image = ImageOps.exif_transpose(image) or image
         image = to_rgb(image)
