@@ -187,7 +187,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def bench_settings(
     *, bootstrap: str, data_dir: Path, model: str, batch: int, policy: Path = POLICY, session_timeout_ms: int = 6000,
-    reuse: bool = False, **model_extra: Any,
+    reuse: bool = False, media: dict[str, Any] | None = None, **model_extra: Any,
 ) -> Any:
     """Settings for one pipeline run: its own topics, group and SQLite file (the broker's groups are fragile).
 
@@ -215,6 +215,10 @@ def bench_settings(
         batching={"max_size": batch},
         embeddings={"reuse": reuse},
         ops={"host": "127.0.0.1", "port": 0},  # a free port: never clash with a worker on this host
+        media=media or {},
+        # The events are file:// URLs of the images generated under bench/.cache: a worker reads those only
+        # under images.file_root, which is unset (every file:// refused) by default.
+        images={"file_root": str(CACHE.resolve())},
     )
 
 

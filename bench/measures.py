@@ -160,5 +160,12 @@ class KeepOpen:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The worker sets the moderator's switches (keep_bytes): on the moderator itself, not this wrapper.
+        if name == "_inner":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._inner, name, value)
+
     def close(self) -> None:
         """Left open on purpose; the benchmark closes the real moderator at the very end."""

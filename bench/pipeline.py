@@ -140,10 +140,10 @@ class CommitWatcher:
         self.admin.close()
 
 
-def _prepare(bootstrap: str, workdir: Path, model: str, batch: int) -> tuple[Any, Path]:
+def _prepare(bootstrap: str, workdir: Path, model: str, batch: int, **extra: Any) -> tuple[Any, Path]:
     from moderation.storage import upgrade
 
-    settings = bench_settings(bootstrap=bootstrap, data_dir=workdir, model=model, batch=batch)
+    settings = bench_settings(bootstrap=bootstrap, data_dir=workdir, model=model, batch=batch, **extra)
     upgrade(settings.database_url)
     return settings, Path(settings.database_url.removeprefix("sqlite:///"))
 
@@ -170,14 +170,15 @@ def _wait(condition: Any, timeout_s: float, worker: WorkerThread, what: str, int
 
 def throughput_rep(
     *, bootstrap: str, moderator: Any, model: str, paths: Sequence[Path], batch: int, workdir: Path, window: int,
-    broker_pid: int | None = None,
+    broker_pid: int | None = None, **settings_extra: Any,
 ) -> dict[str, Any]:
     """(d) one rep: fresh topics, group and DB; produce `window` + 2 x `batch` events (cycling over
-    `paths`), run the worker until every one has a verdict row and its offset is committed."""
+    `paths`), run the worker until every one has a verdict row and its offset is committed.
+    `settings_extra` goes to `bench_settings` (bench/media.py passes `policy` and `media`)."""
     from consumers.clients import make_producer, read_topic
     from consumers.producer import send_events
 
-    settings, database = _prepare(bootstrap, workdir, model, batch)
+    settings, database = _prepare(bootstrap, workdir, model, batch, **settings_extra)
     count = window + 2 * batch
     producer = make_producer(settings, linger_ms=5)
     try:

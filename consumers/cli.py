@@ -10,7 +10,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from consumers.commands import console, demo, embeddings, migrate, outcomes, policy, produce, run, testmodel
+from consumers.commands import console, demo, embeddings, media, migrate, outcomes, policy, produce, run, testmodel
 from consumers.commands import settings as settings_command
 from consumers.errors import CommandError, ExitCode
 from consumers.logs import configure_logging
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy_commands = policy.register(commands)  # check, backtest, shadow-report, tune
     outcomes.register(commands, policy_commands)  # outcomes run, policy precision
     embeddings.register(commands)
+    media.register(commands)
     console.register(commands)
     settings_command.register(commands)
     testmodel.register(commands)

@@ -1,8 +1,9 @@
 """Delivering a scored batch: the four steps of the delivery guarantee, written once, in `Delivery.deliver`.
 
-1. persist the verdicts and commit the database transaction, 2. publish review messages and dead
-letters, 3. flush the producer and check every send, 4. commit the offsets. Each step starts only when
-the one before succeeded, so a crash anywhere leaves the batch uncommitted and redelivered.
+1. store the reviewer copies of the items sent to review, then persist the verdicts and commit the
+database transaction, 2. publish review messages and dead letters, 3. flush the producer and check every
+send, 4. commit the offsets. Each step starts only when the one before succeeded, so a crash anywhere
+leaves the batch uncommitted and redelivered (a copy written before the crash is found and reused then).
 
 In transactional mode, steps 2-4 of a batch with messages to publish are one Kafka transaction (the
 producer sends the offsets with the consumer's group metadata); step 1 stays outside it, idempotent.
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -28,9 +30,11 @@ from consumers import dead_letters
 from consumers.dead_letters import dead_letter_for
 from consumers.messages import OutgoingMessage, review_message
 from consumers.publishing import SEND_TIMEOUT_S, Sends, flush_and_check, send_all
+from consumers.reviewer_copies import ReviewerCopies
 from consumers.settings import KafkaSettings
 from consumers.transaction import Transaction
 from moderation.exceptions import EventError
+from moderation.settings import MediaSettings
 from moderation.storage import StorageError, VerdictStore
 from moderation.verdict import Verdict, VerdictStatus
 
@@ -58,6 +62,9 @@ class ScoredBatch:
     records: tuple[ConsumerRecord, ...] = ()  # each verdict's record, position for position
     dead_letters: tuple[OutgoingMessage, ...] = ()  # records that broke the event contract
     offsets: Mapping[TopicPartition, int] = field(default_factory=dict)  # next offset per partition
+    # The uploads' bytes, verdict for verdict, for the reviewer copies; None (or an empty tuple) where none
+    # were kept: media off, or a verdict that does not go to review.
+    originals: tuple[bytes | None, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         # An event whose event_id turns out to be taken by other content (or whose verdict the database
@@ -68,6 +75,8 @@ class ScoredBatch:
             raise ValueError(f"verdicts at positions {unmatched[:5]} have no record to dead-letter from")
         if len(self.records) > len(self.verdicts):
             raise ValueError(f"{len(self.records)} records for {len(self.verdicts)} verdicts")
+        if self.originals and len(self.originals) != len(self.verdicts):
+            raise ValueError(f"{len(self.originals)} uploads' bytes for {len(self.verdicts)} verdicts")
 
 
 @dataclass
@@ -86,6 +95,8 @@ class BatchResult:
     # it is committed (the partitions' new owner redelivers it): not to be committed nor counted as done.
     fenced: bool = False
     stored: list[Verdict] = field(default_factory=list)  # the verdicts as stored, one per event id
+    media: Counter[str] = field(default_factory=Counter)  # reviewer copies by MediaStatus value
+    media_s: float = 0.0  # making and storing the reviewer copies
     persist_s: float = 0.0
     publish_s: float = 0.0  # sending and flushing
 
@@ -111,8 +122,11 @@ class Delivery:
         kafka: KafkaSettings,
         on_step: StepHook,
         renew: Callable[[], KafkaProducer] | None = None,
+        copies: ReviewerCopies | None = None,
     ) -> None:
         self.store = store
+        # None: media off (every item sent to review gets media status `off`).
+        self.copies = copies or ReviewerCopies(None, MediaSettings(enabled=False))
         self._producer = producer
         self._renew = renew  # makes the producer that replaces this one after a broker error (None: never)
         self.review_topic = kafka.review_topic
@@ -128,7 +142,9 @@ class Delivery:
     def deliver(self, batch: ScoredBatch, group: Any = None) -> BatchResult:
         """The delivery guarantee for one batch, each step only once the one before succeeded:
 
-        1. persist the verdicts and commit the database transaction
+        1. store the reviewer copies of the verdicts that need review (a store that cannot be written
+           fails the attempt: `MediaError`), then persist the verdicts, each with its copy's state, and
+           commit the database transaction
         2. publish the review messages and the dead letters
         3. flush the producer and check every send
         4. commit the offsets: with the messages, in one Kafka transaction (transactional mode, a batch with
@@ -137,7 +153,8 @@ class Delivery:
 
         Then the review messages are recorded as acknowledged, unless a rebalance fenced the transaction.
         """
-        # Step 1. Persist the verdicts and commit the database transaction (idempotent on event_id).
+        # Step 1. Store the reviewer copies, then persist the verdicts and commit the database transaction
+        # (both idempotent: copies on the image's hash, verdicts on event_id).
         result, bad = self._persist(batch)
         started = time.perf_counter()
         reviews, outgoing = self._outgoing(result.stored, bad)
@@ -173,14 +190,24 @@ class Delivery:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Close the producer in use (what it still holds gets `timeout_s` to reach the broker)."""
+        self.copies.close()
         self._producer.close(timeout=timeout_s)
 
     def _persist(self, batch: ScoredBatch) -> tuple[BatchResult, list[OutgoingMessage]]:
         """Step 1, and the dead letters it adds. What comes back is what is stored: for a redelivered
         event, the row written the first time; repeats of one event id in the batch are acted on once."""
         started = time.perf_counter()
+        verdicts, media = self.copies.attach(batch.verdicts, batch.originals)  # before any verdict is written
+        batch = replace(batch, verdicts=verdicts, originals=())
+        media_s = time.perf_counter() - started
+        started = time.perf_counter()
         saved, unstorable = self._save(batch)
-        stored = list({v.event_id: v for v in saved if v is not None}.values())
+        # The stored rows carry no media: their copy's state is this attempt's, unless the row is another image's.
+        with_media = [
+            replace(kept, media=attempt.media) if kept is not None and not _conflict(attempt, kept) else kept
+            for attempt, kept in zip(batch.verdicts, saved, strict=True)
+        ]
+        stored = list({v.event_id: v for v in with_media if v is not None}.values())
         persist_s = time.perf_counter() - started
         # An event_id already stored for another image: this event's image was never checked, and the
         # stored verdict is not about it. Dead-letter it (never silently dropped) and act on the stored one.
@@ -194,6 +221,7 @@ class Delivery:
             records=batch.size, verdicts=len(stored), flagged=sum(v.flagged for v in stored),
             errors=sum(v.status is VerdictStatus.ERROR for v in stored), dead_lettered=len(bad),
             conflicts=len(conflicts), unstorable=len(unstorable), stored=stored, persist_s=persist_s,
+            media=media, media_s=media_s,
         )
         self.on_step(STEP_PERSISTED, result)
         return result, bad

@@ -84,6 +84,7 @@ def _demo_settings(settings: Settings, data_dir: Path, policy: Path) -> Settings
             }
         ),
         "database": settings.database.model_copy(update={"url": None}),
+        "media": settings.media.model_copy(update={"directory": None}),  # reviewer copies in data_dir/media
         "data_dir": data_dir,
         "policy": settings.policy.model_copy(update={"path": policy}),
         "batching": settings.batching.model_copy(update={"max_size": 4, "max_wait_ms": 300}),
@@ -135,6 +136,7 @@ def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> E
         kafka = demo.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
         demo = demo.model_copy(update={"kafka": kafka})
         upgrade(demo.database_url)
+        _say(f"reviewer copies in {demo.media_directory}" if demo.media.enabled else "reviewer copies off")
         _say(f"SQLite database {demo.database_url.removeprefix('sqlite:///')}, model {model}, policy {policy}")
         ensure_topics(demo, [kafka.input_topic, kafka.review_topic, kafka.dead_letter_topic])
 
@@ -189,12 +191,12 @@ def _print_verdicts(verdicts: list[Verdict]) -> None:
 
 def _print_review(records: list[Any]) -> None:
     print(f"\nReview topic ({len(records)} messages)")
-    print(f"{'key':<20} {'event id (header)':<38} {'category':<10} {'action':<8} policy")
+    print(f"{'key':<20} {'event id (header)':<38} {'category':<10} {'action':<8} {'media':<8} policy")
     for r in records:
         body = json.loads(r.value)
         print(
             f"{r.key.decode():<20} {header(r.headers, 'event_id') or '':<38} {body['top_category']:<10} "
-            f"{body['action']:<8} {body['policy_version']}"
+            f"{body['action']:<8} {body.get('media_status', '-'):<8} {body['policy_version']}"
         )
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from moderation.review.routing import review_reason
-from moderation.verdict import Verdict
+from moderation.verdict import MediaStatus, Verdict
 
 REVIEW_SCHEMA_VERSION = 1
 
@@ -45,6 +45,8 @@ def review_payload(verdict: Verdict) -> dict[str, Any]:
         "policy_hash": verdict.policy_hash,
         "model_id": verdict.model_id,
         "image_ref": verdict.image_ref,
+        # The reviewer copy's state: stored | withheld | off | failed (the console serves a stored one).
+        "media_status": (verdict.media.status if verdict.media is not None else MediaStatus.OFF).value,
         "decided_at": (verdict.created_at or datetime.now(timezone.utc)).isoformat(),
     }
 

@@ -32,7 +32,7 @@ from moderation.verdict import Verdict, VerdictStatus
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-STAGES = ("poll", "load", "score", "persist", "publish", "commit")
+STAGES = ("poll", "load", "score", "media", "persist", "publish", "commit")
 
 
 class WorkerMetrics:
@@ -113,6 +113,11 @@ class WorkerMetrics:
             "moderation_shadow_verdicts", "Shadow policy verdicts, by policy version and flagged.",
             ["policy_version", "flagged"], registry=r,
         )
+        self.reviewer_copies = Counter(
+            "moderation_reviewer_copies",
+            "Items sent to review, by what became of their reviewer copy: stored | withheld | off | failed.",
+            ["result"], registry=r,
+        )
         self.shadow_disagreements = Counter(
             "moderation_shadow_disagreements",
             "Shadow verdicts whose flagged differs from the verdict acted on, by shadow policy version.",
@@ -180,6 +185,10 @@ class WorkerMetrics:
     def batch_committed(self, result: BatchResult, commit_s: float) -> None:
         now = datetime.now(timezone.utc)
         self.batch_size.observe(result.records)
+        if result.media:  # only batches with items sent to review make copies
+            self.stage_seconds.labels("media").observe(result.media_s)
+        for status, count in result.media.items():
+            self.reviewer_copies.labels(status).inc(count)
         self.stage_seconds.labels("persist").observe(result.persist_s)
         self.stage_seconds.labels("publish").observe(result.publish_s)
         self.stage_seconds.labels("commit").observe(commit_s)

@@ -20,6 +20,7 @@ from consumers.settings import Settings
 from consumers.signals import install_stop_signals  # noqa: F401 - re-exported for callers
 from moderation.clip_scorer import ClipScorer
 from moderation.exceptions import ConfigurationError
+from moderation.media import DirectoryMediaStore
 from moderation.moderator import Moderator
 from moderation.policy_book import PolicyFiles
 from moderation.reuse import EmbeddingCache, GuardedLookup
@@ -58,7 +59,8 @@ def build_moderator(
             lookup = GuardedLookup(EmbeddingStore(store.engine).get_many)
         cache = EmbeddingCache(scorer.model_id, embeddings.cache_size, lookup)
     return Moderator(
-        scorer, book, settings.images, loader_threads=threads, cache=cache, keep_embeddings=embeddings.store
+        scorer, book, settings.images, loader_threads=threads, cache=cache, keep_embeddings=embeddings.store,
+        keep_bytes=settings.media.enabled,
     )
 
 
@@ -145,6 +147,7 @@ def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator |
         # The worker never creates tables: the schema must be one this release can run on.
         store = VerdictStore(resources.enter_context(open_engine(settings.database_url, require_schema=True)))
         store.ping()
+        media_store = open_media_store(settings) if settings.media.enabled else None
         files = PolicyFiles(settings.policy)
         if moderator is None:
             health.starting("loading the model and policies")
@@ -158,13 +161,27 @@ def run_worker(settings: Settings, stop: threading.Event, moderator: Moderator |
             consumer=resources.enter_context(_leaving(make_consumer(settings))),
             producer=make_worker_producer(settings), moderator=moderator, store=store,
             settings=settings, metrics=metrics, producer_factory=lambda: make_worker_producer(settings),
-            policies=files,
+            policies=files, media_store=media_store,
         )
         resources.callback(worker.close)
         describe(metrics, moderator)
         health.running(settings, worker, store)
         worker.run(stop)
     return worker.totals
+
+
+def open_media_store(settings: Settings) -> DirectoryMediaStore:
+    """The reviewer copies' directory, created if need be: one that cannot be is a configuration error
+    now, not a worker that retries its first flagged batch for ever."""
+    directory = settings.media_directory
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the media directory {directory} cannot be created ({exc.strerror or exc}): set "
+            "MODERATION_MEDIA__DIRECTORY to a writable volume, or MODERATION_MEDIA__ENABLED=false"
+        ) from exc
+    return DirectoryMediaStore(directory)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from moderation.settings import (
     DatabaseSettings,
     EmbeddingSettings,
     ImageSettings,
+    MediaSettings,
     ModelSettings,
     PolicySettings,
     SettingsGroup,
@@ -145,7 +146,7 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    data_dir: Path = Field(Path("data"), description="Where local state (the SQLite file) lives.")
+    data_dir: Path = Field(Path("data"), description="Where local state (the SQLite file, the reviewer copies) lives.")
     kafka: KafkaSettings = KafkaSettings()
     database: DatabaseSettings = DatabaseSettings()
     model: ModelSettings = ModelSettings()
@@ -153,6 +154,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
     images: ImageSettings = ImageSettings()
+    media: MediaSettings = MediaSettings()
     ops: OpsSettings = OpsSettings()
     console: ConsoleSettings = ConsoleSettings()
     log: LogSettings = LogSettings()
@@ -167,6 +169,11 @@ class Settings(BaseSettings):
         if self.database.url is not None:
             return self.database.url.get_secret_value()
         return f"sqlite:///{self.data_dir / 'moderation.db'}"
+
+    @property
+    def media_directory(self) -> Path:
+        """Where the reviewer copies are kept: `media.directory`, else media/ in the data directory."""
+        return self.media.directory if self.media.directory is not None else self.data_dir / "media"
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, with every secret replaced by a mask."""

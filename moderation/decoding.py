@@ -40,12 +40,20 @@ _DECODER_MODES = ("RGB", "L")  # what nvjpeg decodes as is; CMYK and the rest go
 
 
 def load_event(
-    event: ImageEvent, limits: ImageSettings, spec: PreprocessSpec | None = None, decoder: JpegDecoder | None = None
+    event: ImageEvent,
+    limits: ImageSettings,
+    spec: PreprocessSpec | None = None,
+    decoder: JpegDecoder | None = None,
+    *,
+    keep_bytes: bool = False,
 ) -> LoadedImage:
-    """Fetch one event's image and `load_data` it; `load_ms` counts the fetch too. Raises `ImageLoadError`."""
+    """Fetch one event's image and `load_data` it; `load_ms` counts the fetch too. Raises `ImageLoadError`.
+
+    With `keep_bytes`, the fetched bytes stay on the result (`original`), for a reviewer copy."""
     started = time.perf_counter()
-    loaded = load_data(fetch_bytes(event, limits), limits, spec, decoder)
-    return replace(loaded, load_ms=(time.perf_counter() - started) * 1000.0)
+    data = fetch_bytes(event, limits)
+    loaded = load_data(data, limits, spec, decoder)
+    return replace(loaded, load_ms=(time.perf_counter() - started) * 1000.0, original=data if keep_bytes else None)
 
 
 def load_data(
@@ -122,4 +130,5 @@ def _decode_on_cpu(jpeg: LoadedImage, limits: ImageSettings, spec: PreprocessSpe
         return LoadFailure(exc.reason, exc.detail)
     except Exception as exc:  # noqa: BLE001 - whatever broke, it is this image's error alone
         return LoadFailure(REASON_DECODE_FAILED, f"{type(exc).__name__}: {exc}")
-    return replace(loaded, load_ms=jpeg.load_ms + (time.perf_counter() - started) * 1000.0)
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    return replace(loaded, load_ms=jpeg.load_ms + elapsed_ms, original=jpeg.original)

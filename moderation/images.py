@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from typing import TYPE_CHECKING
 
@@ -114,6 +114,10 @@ class LoadedImage:
     pixels: np.ndarray | torch.Tensor | None = None  # the model input, float32 [3, H, W], given a spec
     encoded: bytes | None = None
     orientation: int = 1
+    # The upload's bytes, kept until delivery only when a reviewer copy may be needed (moderation/media.py;
+    # `Moderator.keep_bytes`). Apart from `encoded`, which means "left for the GPU decoder" and is cleared
+    # once decoded.
+    original: bytes | None = field(default=None, repr=False)
 
 
 def load_image(event: ImageEvent, limits: ImageSettings, spec: PreprocessSpec | None = None) -> LoadedImage:

@@ -69,6 +69,7 @@ class Moderator:
         *,
         cache: EmbeddingCache | None = None,
         keep_embeddings: bool = True,
+        keep_bytes: bool = False,
     ) -> None:
         self.scorer: Scorer = scorer
         # The runtime owns the policy files (consumers/pipeline/policies.py): this only ever gets a book.
@@ -78,6 +79,9 @@ class Moderator:
         self.cache = cache  # None: every image goes through the image tower
         self.keep_embeddings = keep_embeddings  # attach embeddings to verdicts, for storage
         self._loader_threads = loader_threads
+        # Keep each upload's bytes on its loaded image (`LoadedImage.original`), for the reviewer copy the
+        # worker's delivery makes of items sent to review; off, the bytes are dropped once decoded.
+        self.keep_bytes = keep_bytes
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -104,7 +108,9 @@ class Moderator:
         `ImageLoadError` (it comes back as a `LoadFailure`)."""
         scorer = self.scorer  # read once: the scorer may be swapped between batches
         try:
-            return load_event(event, self.limits, scorer.preprocess_spec, scorer.decoder)
+            return load_event(
+                event, self.limits, scorer.preprocess_spec, scorer.decoder, keep_bytes=self.keep_bytes
+            )
         except ImageLoadError as exc:
             return LoadFailure(exc.reason, exc.detail)
         except Exception as exc:  # noqa: BLE001 - a decoder bug on one crafted file must not stop the worker

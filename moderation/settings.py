@@ -1,4 +1,4 @@
-"""The library's settings: what `moderation/` itself reads (the model, images, policies, embeddings, the database).
+"""The library's settings: what `moderation/` reads (the model, images, policies, embeddings, media, the database).
 
 Each group is a frozen pydantic model, so the library can be configured in code without the environment.
 The runtime (consumers/settings.py) nests these groups into the one `Settings` read from the environment
@@ -70,6 +70,23 @@ class EmbeddingSettings(SettingsGroup):
         30.0, ge=0, description="`moderation embeddings prune` deletes embeddings older than this; 0 keeps them."
     )
     cache_size: int = Field(10_000, ge=0, description="Recent embeddings kept in memory for reuse, per worker.")
+
+
+class MediaSettings(SettingsGroup):
+    enabled: bool = Field(
+        True, description="Keep a downscaled, metadata-free JPEG of every item sent to review, for the console."
+    )
+    directory: Path | None = Field(
+        None, description="Where the reviewer copies are kept; default: media/ in the data directory."
+    )
+    max_side: int = Field(
+        512, ge=64, le=4096, description="Longest side of a reviewer copy, in pixels (never enlarged)."
+    )
+    quality: int = Field(80, ge=30, le=95, description="JPEG quality of the reviewer copies.")
+    retention_days: float = Field(
+        30.0, ge=0,
+        description="`moderation media prune` deletes the copies of decided items older than this; 0 keeps them.",
+    )
 
 
 class ImageSettings(SettingsGroup):

@@ -52,7 +52,7 @@ class _Policies:
 def media_store(settings: Settings) -> MediaReader | None:
     from moderation.media import DirectoryMediaStore
 
-    return DirectoryMediaStore(settings.media.directory) if settings.media.enabled else None
+    return DirectoryMediaStore(settings.media_directory) if settings.media.enabled else None
 
 
 @contextmanager

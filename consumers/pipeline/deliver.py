@@ -1,6 +1,6 @@
 """The deliver stage, on the delivery thread: `Delivery.deliver` each batch, retried until it succeeds.
 
-The database or the broker being away is no reason to drop a batch: keep it, back off, try again, with
+The database, the broker or the media store being away is no reason to drop a batch: keep it, back off, try again, with
 a new producer after a broker error. Nothing is committed meanwhile, and the full pipeline pauses the
 partitions upstream (consumers/pipeline/loop.py), so the member stays in its group while it waits.
 """
@@ -16,6 +16,7 @@ from kafka.errors import KafkaError
 from consumers.delivery import Delivery, ScoredBatch
 from consumers.metrics import WorkerMetrics
 from consumers.pipeline.items import Delivered
+from moderation.media import MediaError
 from moderation.storage import StorageError
 
 log = structlog.get_logger("moderation.worker")
@@ -40,7 +41,7 @@ class Deliver:
             try:
                 group = self.consumer.group_metadata() if self.delivery.transactional else None
                 result = self.delivery.deliver(batch, group)
-            except (StorageError, KafkaError) as exc:
+            except (StorageError, KafkaError, MediaError) as exc:
                 log.error("delivery failed, retrying", batch=batch.number, error=str(exc), retry_in_s=delay_s)
                 self.metrics.error(exc)
                 if isinstance(exc, KafkaError):

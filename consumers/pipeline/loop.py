@@ -34,8 +34,10 @@ from consumers.pipeline.prepare import Prepare
 from consumers.pipeline.rebalance import Listener, Rebalancing
 from consumers.pipeline.score import Score
 from consumers.pipeline.stages import Stage, Supervisor
+from consumers.reviewer_copies import ReviewerCopies
 from consumers.settings import Settings
 from moderation.exceptions import ModerationError
+from moderation.media import DirectoryMediaStore, MediaStore
 from moderation.moderator import Moderator
 from moderation.policy_book import PolicyFiles
 from moderation.storage import VerdictStore
@@ -55,7 +57,8 @@ class Worker:
     """The poll loop and back-pressure; the stages, the ledger and the rebalance handling it wires up.
 
     Its `producer` becomes its delivery's, which closes it (`close`); `policies` are the files behind the
-    moderator's book, checked between batches (None: nothing to watch). The consumer stays the caller's."""
+    moderator's book, checked between batches (None: nothing to watch). The consumer stays the caller's.
+    Reviewer copies go to `media_store`, else to the settings' media directory (none with media off)."""
 
     def __init__(
         self,
@@ -69,14 +72,20 @@ class Worker:
         metrics: WorkerMetrics | None = None,
         producer_factory: Callable[[], KafkaProducer] | None = None,
         policies: PolicyFiles | None = None,
+        media_store: MediaStore | None = None,
     ) -> None:
         self.consumer = consumer
         self.moderator = moderator
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         on_step = on_step or (lambda step, result: None)
+        if media_store is None and settings.media.enabled:
+            media_store = DirectoryMediaStore(settings.media_directory)
+        copies = ReviewerCopies(media_store, settings.media)
+        moderator.keep_bytes = copies.enabled  # the loaders keep the uploads' bytes only for the copies
         self.delivery = Delivery(
-            store=store, producer=producer, kafka=settings.kafka, on_step=on_step, renew=producer_factory
+            store=store, producer=producer, kafka=settings.kafka, on_step=on_step, renew=producer_factory,
+            copies=copies,
         )
         self.policy_runtime = PolicyRuntime(policies, moderator, self.metrics)
         batching = settings.batching

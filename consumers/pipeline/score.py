@@ -2,7 +2,8 @@
 
 The policies are checked first (consumers/pipeline/policies.py), so one batch is always decided under
 one book. The images were loaded in the loader pool while the batch filled; here the stage waits for
-the last of them, scores, logs what is worth a line, and hands delivery a `ScoredBatch`.
+the last of them, scores, logs what is worth a line, and hands delivery a `ScoredBatch`, with the uploads'
+bytes of the items sent to review (for their reviewer copies) and no others.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from consumers.delivery import ScoredBatch
 from consumers.metrics import WorkerMetrics
 from consumers.pipeline.items import Prepared, record_fields
 from consumers.pipeline.policies import PolicyRuntime
+from moderation.images import LoadedImage
 from moderation.moderator import Moderator
 from moderation.verdict import VerdictStatus
 
@@ -48,6 +50,12 @@ class Score:
                     event_id=verdict.event_id, content_id=verdict.content_id, **record_fields(p.record),
                 )
         dead_letters = tuple(p.dead_letter for p in prepared if p.dead_letter is not None)
+        # Only the uploads of items going to review travel on to delivery (for their reviewer copies):
+        # the rest are dropped here, not held while the batch waits to be persisted.
+        originals = tuple(
+            _original(p.loaded) if v.needs_review and v.keep_media else None
+            for p, v in zip(scored, verdicts, strict=True)
+        )
         self.metrics.dead_lettered(dead_letters)
         return ScoredBatch(
             number=batch.number,
@@ -56,4 +64,9 @@ class Score:
             records=tuple(p.record for p in scored),
             dead_letters=dead_letters,
             offsets=batch.next_offsets(),
+            originals=originals if any(o is not None for o in originals) else (),
         )
+
+
+def _original(loaded: object) -> bytes | None:
+    return loaded.original if isinstance(loaded, LoadedImage) else None
