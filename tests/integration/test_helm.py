@@ -214,11 +214,18 @@ EXISTING_SECRET = ValueSet((), {
     "outcomes": {"enabled": True},
     "migration": {"enabled": False},
 })
+# No console and no reviewer copies: none of their objects, volumes or media directory.
+NO_CONSOLE = ValueSet((), {
+    "database": {"url": DATABASE_URL},
+    "console": {"enabled": False},
+    "media": {"enabled": False},
+})
 VALUE_SETS = {
     "values.yaml": DEFAULTS,
     **{f"ci/{path.name}": ValueSet((path,)) for path in CI_FILES},
     "test/everything": EVERYTHING,
     "test/existing-secret": EXISTING_SECRET,
+    "test/no-console": NO_CONSOLE,
 }
 
 
@@ -232,6 +239,10 @@ def _by_template(value_set: ValueSet, **more: Any) -> dict[str, dict[str, Any]]:
 
 def _workers(value_set: ValueSet, **more: Any) -> dict[str, Any]:
     return _by_template(value_set, **more)["deployment.yaml"]
+
+
+def _console(value_set: ValueSet, **more: Any) -> dict[str, Any]:
+    return _by_template(value_set, **more)["deployment-console.yaml"]
 
 
 def _container(workload: dict[str, Any]) -> dict[str, Any]:
@@ -288,6 +299,12 @@ def test_chart_metadata_and_files() -> None:
         "configmap-dashboard.yaml",
         "cronjob-embeddings-prune.yaml",
         "deployment-outcomes.yaml",
+        "deployment-console.yaml",
+        "service-console.yaml",
+        "service-console-metrics.yaml",
+        "servicemonitor-console.yaml",
+        "ingress-console.yaml",
+        "cronjob-media-prune.yaml",
     ):
         assert (TEMPLATES / name).is_file(), name
     defines = set(re.findall(r'\{\{-? define "([^"]+)"', (TEMPLATES / "_helpers.tpl").read_text()))
@@ -301,6 +318,9 @@ def test_chart_metadata_and_files() -> None:
         "moderation.migrationSecretName",
         "moderation.secretData",
         "moderation.secretChecksum",
+        "moderation.consoleEnv",
+        "moderation.mediaVolume",
+        "moderation.componentName",
     }
     assert CI_FILES, "helm/moderation/ci/ should hold values files for chart-testing"
     # Every template renders for some value set (none is dead).
@@ -371,6 +391,20 @@ def _nested(path: str, value: Any) -> dict[str, Any]:
         ("startupProbe.failureThreshold", 0),
         ("startupProbe.initialDelaySeconds", 30),
         ("existingSecret.revision", 3),
+        ("kafka.decisionsTopic", ""),
+        ("console.opsPort", 70000),
+        ("console.sessionHours", 0),
+        ("console.loginAttemptsPerMinute", 0),
+        ("console.trustedProxies", "ingress-nginx"),
+        ("console.identityHeader", "X-Forwarded-User: admin"),
+        ("console.ingress", {"enabled": True}),  # no host
+        ("console.service.type", "ExternalName"),
+        ("media.volume.type", "hostPath"),
+        ("media.volume", {"type": "pvc", "existingClaim": ""}),
+        ("media.quality", 99),
+        ("media.maxSide", 32),
+        ("media.mountPath", "media"),
+        ("media.prune.schedule", "nightly"),
     ],
 )
 def test_schema_rejects_bad_values(path: str, bad: Any) -> None:
@@ -579,7 +613,10 @@ def test_secret_follows_the_release(name: str) -> None:
     assert not any(key.startswith("helm.sh/hook") for key in secret["metadata"].get("annotations") or {})
     assert secret["stringData"]["database-url"] == value_set.values["database"]["url"]
     # Every workload but the migration Job reads it.
-    for template in ("deployment.yaml", "deployment-outcomes.yaml", "cronjob-embeddings-prune.yaml"):
+    for template in (
+        "deployment.yaml", "deployment-outcomes.yaml", "deployment-console.yaml", "cronjob-embeddings-prune.yaml",
+        "cronjob-media-prune.yaml",
+    ):
         if template in resources:
             refs = set(_secret_refs(_container(resources[template])).values())
             assert refs and {secret_name for secret_name, _ in refs} == {secret["metadata"]["name"]}, template
@@ -637,7 +674,7 @@ def test_existing_secret_rotation_rolls_the_pods() -> None:
         resources = _by_template(value_set, **more)
         return {
             template: resources[template]["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
-            for template in ("deployment.yaml", "deployment-outcomes.yaml")
+            for template in ("deployment.yaml", "deployment-outcomes.yaml", "deployment-console.yaml")
         }
 
     before = checksums(EXISTING_SECRET)
@@ -654,6 +691,7 @@ def test_existing_secret_rotation_rolls_the_pods() -> None:
     # Without an upgrade: the install notes say how to roll the pods by hand.
     notes = _notes(EXISTING_SECRET)
     assert f"rollout restart deployment/{FULLNAME}" in notes and f"deployment/{FULLNAME}-outcomes" in notes
+    assert f"deployment/{FULLNAME}-console" in notes
     assert "existingSecret.revision" in notes
     assert "rollout restart" not in _notes(DEFAULTS)
 
@@ -803,21 +841,17 @@ def test_policy_files_in_values_are_valid_policies(name: str) -> None:
         parse_policy(content, file)  # raises PolicyError naming the field and problem
 
 
-@pytest.mark.parametrize("name", sorted(VALUE_SETS))
-def test_rendered_env_is_accepted_by_the_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The worker's settings must accept every value the chart renders, and each must land in the setting its
-    # values key says.
-    value_set = VALUE_SETS[name]
-    values = value_set.values
-    env = _literal_env(_container(_workers(value_set)))
-    assert ("MODERATION_KAFKA__SASL_MECHANISM" in env) == bool(values["kafka"]["saslMechanism"])
-    assert ("MODERATION_KAFKA__SSL_CAFILE" in env) == bool(values["kafka"]["tls"]["caSecretName"])
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The real settings, read from exactly `env` (what the container gets)."""
     for key in [key for key in os.environ if key.startswith("MODERATION_")]:
         monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    settings = Settings(_env_file=None)
-    assert len(ENV_FROM_VALUES) > 25
+    return Settings(_env_file=None)
+
+
+def _assert_env_lands(values: dict[str, Any], env: dict[str, str], settings: Settings) -> None:
+    """Each chart-set variable in `env` lands in the setting its values key names."""
     for variable, (path, _) in ENV_FROM_VALUES.items():
         if variable not in env:
             continue
@@ -826,11 +860,39 @@ def test_rendered_env_is_accepted_by_the_settings(name: str, monkeypatch: pytest
         if variable == "MODERATION_POLICY__PATH":
             expected = f"{POLICY_DIR}/{expected}"
         assert actual == expected, (variable, actual, expected)
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_rendered_env_is_accepted_by_the_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker's (and the console's) settings must accept every value the chart renders, and each must land
+    # in the setting its values key says.
+    value_set = VALUE_SETS[name]
+    values = value_set.values
+    env = _literal_env(_container(_workers(value_set)))
+    assert ("MODERATION_KAFKA__SASL_MECHANISM" in env) == bool(values["kafka"]["saslMechanism"])
+    assert ("MODERATION_KAFKA__SSL_CAFILE" in env) == bool(values["kafka"]["tls"]["caSecretName"])
+    assert not any(variable.startswith("MODERATION_CONSOLE__") for variable in env)  # the console's own
+    settings = _settings_from(env, monkeypatch)
+    assert len(ENV_FROM_VALUES) > 25
+    _assert_env_lands(values, env, settings)
     policies = values["policies"]
     assert settings.policy.sources == {s: Path(POLICY_DIR, f) for s, f in policies["sources"].items()}
     assert settings.policy.shadow == [Path(POLICY_DIR, f) for f in policies["shadow"]]
     assert settings.kafka.review_outcomes_topic == values["kafka"]["reviewOutcomesTopic"]
+    assert settings.kafka.decisions_topic == values["kafka"]["decisionsTopic"]
     assert settings.ops.enabled and settings.log.format == values["log"]["format"]
+    media = values["media"]
+    assert settings.media.enabled is media["enabled"]
+    assert settings.media.directory == (Path(media["mountPath"]) if media["enabled"] else None)
+    if not values["console"]["enabled"]:
+        return
+    console_env = _literal_env(_container(_console(value_set)))
+    console = _settings_from(console_env, monkeypatch)
+    _assert_env_lands(values, console_env, console)
+    assert console.console.host == values["console"]["host"] == VALUES["console"]["host"] == "0.0.0.0"
+    assert (console.console.port, console.console.ops_port) == (values["console"]["port"], values["console"]["opsPort"])
+    assert console.console.trusted_proxies == values["console"]["trustedProxies"]
+    assert console.media == settings.media and console.kafka == settings.kafka  # the same shared environment
 
 
 def test_integer_settings_are_printed_whole(tmp_path: Path) -> None:
@@ -854,9 +916,14 @@ def test_integer_settings_are_printed_whole(tmp_path: Path) -> None:
             integers.append(variable)
             assert "int64" in pipes, f"{variable}: pipe .Values.{path} through int64"
     assert "MODERATION_IMAGES__MAX_BYTES" in integers and "MODERATION_EMBEDDINGS__CACHE_SIZE" in integers
+    assert "MODERATION_CONSOLE__PORT" in integers and "MODERATION_MEDIA__MAX_SIDE" in integers
     for name, value_set in VALUE_SETS.items():
         env = _literal_env(_container(_workers(value_set)))
+        if value_set.values["console"]["enabled"]:
+            env |= _literal_env(_container(_console(value_set)))
         for variable in integers:
+            if variable.startswith("MODERATION_CONSOLE__") and not value_set.values["console"]["enabled"]:
+                continue
             assert env[variable].isdigit(), (name, variable, env[variable])
     assert _literal_env(_container(_workers(ci)))["MODERATION_KAFKA__MAX_POLL_INTERVAL_MS"] == "1200000"
 
@@ -911,8 +978,8 @@ def test_embeddings_prune_cronjob_runs_like_the_migration_job() -> None:
     # Its Jobs append an 11-character suffix: the name is kept within 52 characters.
     assert 'trunc 35 | trimSuffix "-") }}' in text and 35 + len("-embeddings-prune") <= 52
     long_name = render(overrides={**(DEFAULTS.overrides or {}), "fullnameOverride": "x" * 63})
-    (long_cronjob,) = [r.doc for r in long_name if r.kind == "CronJob"]
-    assert len(long_cronjob["metadata"]["name"]) <= 52
+    for long_cronjob in [r.doc for r in long_name if r.kind == "CronJob"]:
+        assert len(long_cronjob["metadata"]["name"]) <= 52
 
 
 def test_outcomes_deployment_is_optional_and_probe_free() -> None:
@@ -951,12 +1018,261 @@ def test_outcomes_deployment_is_optional_and_probe_free() -> None:
     assert "toYaml .Values.podSecurityContext" in text and "toYaml .Values.securityContext" in text
 
 
+# ---------------------------------------------------------------------------------- console and media
+
+CONSOLE = f"{FULLNAME}-console"
+COMPONENT = "app.kubernetes.io/component"
+MEDIA_DIR = VALUES["media"]["mountPath"]
+
+
+def test_console_deployment_runs_the_console_with_probes_on_the_ops_port() -> None:
+    assert VALUES["console"]["enabled"] is True and VALUES["console"]["replicas"] == 2
+    resources = _by_template(DEFAULTS)
+    deployment, workers = resources["deployment-console.yaml"], resources["deployment.yaml"]
+    assert deployment["metadata"]["name"] == CONSOLE and deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]
+    container = _container(deployment)
+    assert container["command"] == ["moderation", "console"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": 8080, "ops": 9109}
+    assert ports == {"http": VALUES["console"]["port"], "ops": VALUES["console"]["opsPort"]}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        wanted = VALUES["console"][probe]
+        assert {key: container[probe][key] for key in wanted} == wanted, probe
+    # The console serves them (consumers/console/server.py): probes on its ops server, never on the console port.
+    server = (REPO / "consumers" / "console" / "server.py").read_text()
+    assert "console.ops_port" in server and '"alive"' in server and '"database"' in server
+    env = _container_env(container)
+    literal = _literal_env(container)
+    assert literal["MODERATION_CONSOLE__HOST"] == "0.0.0.0"
+    assert (literal["MODERATION_CONSOLE__PORT"], literal["MODERATION_CONSOLE__OPS_PORT"]) == ("8080", "9109")
+    assert literal["MODERATION_KAFKA__DECISIONS_TOPIC"] == VALUES["kafka"]["decisionsTopic"] == "moderation.decisions"
+    # The workers' environment plus the console's own settings; the database from the release's Secret.
+    console_only = {name for name in env if name.startswith("MODERATION_CONSOLE__")}
+    assert {name: item for name, item in env.items() if name not in console_only} == _container_env(_container(workers))
+    assert _secret_refs(container)["MODERATION_DATABASE__URL"] == (f"{FULLNAME}-secrets", "database-url")
+    existing = _secret_refs(_container(_console(EXISTING_SECRET)))
+    assert existing["MODERATION_DATABASE__URL"] == ("moderation-credentials", "database-url")
+    assert re.fullmatch(r"[0-9a-f]{64}", pod["metadata"]["annotations"]["checksum/secret"])
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9109"
+    assert "checksum/policies" not in pod["metadata"]["annotations"]  # it re-reads the mounted files itself
+    # The workers' security contexts, a read-only root with /tmp an emptyDir, the policies mounted read-only.
+    assert pod["spec"]["securityContext"] == VALUES["podSecurityContext"]
+    assert container["securityContext"] == VALUES["securityContext"]
+    assert container["resources"] == VALUES["console"]["resources"]
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    assert mounts["/tmp"]["name"] == "tmp" and mounts[POLICY_DIR] == {
+        "name": "policies", "mountPath": POLICY_DIR, "readOnly": True
+    }
+    assert VALUES["model"]["cache"]["mountPath"] not in mounts  # no model here
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    assert "emptyDir" in volumes["tmp"] and volumes["policies"]["configMap"]["name"] == f"{FULLNAME}-policies"
+    assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+    text = (TEMPLATES / "deployment-console.yaml").read_text()
+    assert "toYaml .Values.podSecurityContext" in text and "toYaml .Values.securityContext" in text
+    # The Kafka CA reaches the console too (it publishes decisions).
+    gpu = _container(_console(VALUE_SETS["ci/gpu-keda-values.yaml"]))
+    assert "/etc/moderation/kafka-ca" in {mount["mountPath"] for mount in gpu["volumeMounts"]}
+    assert _literal_env(gpu)["MODERATION_CONSOLE__TRUSTED_PROXIES"] == "10.42.255.0/24"
+    # A port clash and a console setting repeated in extraEnv fail the render.
+    error = render_fails(overrides={**(DEFAULTS.overrides or {}), "console": {"opsPort": 8080}})
+    assert "console.port and console.opsPort must differ" in error
+    extra = {"extraEnv": [{"name": "MODERATION_CONSOLE__PORT", "value": "9000"}]}
+    error = render_fails(overrides={**(DEFAULTS.overrides or {}), **extra})
+    assert "extraEnv: MODERATION_CONSOLE__PORT is set by the chart already" in error
+
+
+def test_console_selectors_never_pick_the_workers() -> None:
+    resources = _by_template(EVERYTHING)
+    console, workers = resources["deployment-console.yaml"], resources["deployment.yaml"]
+    selector = console["spec"]["selector"]["matchLabels"]
+    assert selector[COMPONENT] == "console" and selector != workers["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= console["spec"]["template"]["metadata"]["labels"].items()
+    worker_labels = workers["spec"]["template"]["metadata"]["labels"]
+    console_labels = console["spec"]["template"]["metadata"]["labels"]
+
+    def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+        return selector.items() <= labels.items()
+
+    # The workers' Service, PDB, ServiceMonitor and Deployment select worker pods only; the console's objects
+    # console pods only.
+    for selector_of in (
+        resources["service.yaml"]["spec"]["selector"],
+        resources["pdb.yaml"]["spec"]["selector"]["matchLabels"],
+        workers["spec"]["selector"]["matchLabels"],
+    ):
+        assert selects(selector_of, worker_labels) and not selects(selector_of, console_labels)
+    for selector_of in (
+        resources["service-console.yaml"]["spec"]["selector"],
+        resources["service-console-metrics.yaml"]["spec"]["selector"],
+    ):
+        assert selects(selector_of, console_labels) and not selects(selector_of, worker_labels)
+    # ServiceMonitors select Services: each its own metrics Service, never the console's http Service.
+    services = {
+        template: resources[template]["metadata"]["labels"]
+        for template in ("service.yaml", "service-console.yaml", "service-console-metrics.yaml")
+    }
+    worker_monitor = resources["servicemonitor.yaml"]["spec"]["selector"]["matchLabels"]
+    console_monitor = resources["servicemonitor-console.yaml"]["spec"]["selector"]["matchLabels"]
+    assert [t for t, labels in services.items() if selects(worker_monitor, labels)] == ["service.yaml"]
+    assert [t for t, labels in services.items() if selects(console_monitor, labels)] == ["service-console-metrics.yaml"]
+    # KEDA scales the workers' Deployment by name.
+    assert resources["scaledobject.yaml"]["spec"]["scaleTargetRef"] == {"name": FULLNAME}
+
+
+def test_console_service_carries_the_console_port_and_metrics_their_own() -> None:
+    resources = _by_template(EVERYTHING)
+    service = resources["service-console.yaml"]
+    assert service["metadata"]["name"] == CONSOLE and service["spec"]["type"] == "ClusterIP"
+    (port,) = service["spec"]["ports"]  # the ops port is not behind the Service the ingress uses
+    assert port == {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    metrics = resources["service-console-metrics.yaml"]
+    assert metrics["metadata"]["name"] == f"{CONSOLE}-metrics"
+    (port,) = metrics["spec"]["ports"]
+    assert port["name"] == "metrics" and port["targetPort"] == "ops" and port["port"] == VALUES["console"]["opsPort"]
+    monitor = resources["servicemonitor-console.yaml"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert "servicemonitor-console.yaml" not in _by_template(DEFAULTS)
+    annotated = _by_template(VALUE_SETS["ci/gpu-keda-values.yaml"])["service-console.yaml"]
+    assert annotated["metadata"]["annotations"] == {"example.com/owner": "trust-and-safety"}
+
+
+def test_console_ingress_renders_only_when_enabled() -> None:
+    assert VALUES["console"]["ingress"]["enabled"] is False
+    assert "ingress-console.yaml" not in _by_template(DEFAULTS)
+    ingress = _by_template(VALUE_SETS["ci/gpu-keda-values.yaml"])["ingress-console.yaml"]
+    assert (ingress["apiVersion"], ingress["kind"]) == ("networking.k8s.io/v1", "Ingress")
+    assert ingress["metadata"]["name"] == CONSOLE
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert spec["tls"] == [{"hosts": ["review.example.com"], "secretName": "review-example-com-tls"}]
+    (rule,) = spec["rules"]
+    assert rule["host"] == "review.example.com"
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == "/" and path["pathType"] == "Prefix"
+    assert path["backend"] == {"service": {"name": CONSOLE, "port": {"name": "http"}}}  # never the ops port
+    assert "auth-url" in json.dumps(ingress["metadata"]["annotations"])
+    trial = _by_template(VALUE_SETS["ci/emptydir-values.yaml"])["ingress-console.yaml"]
+    assert "tls" not in trial["spec"] and "ingressClassName" not in trial["spec"]
+    assert "annotations" not in trial["metadata"]
+    # No ingress without the console, even when asked for.
+    off = _by_template(NO_CONSOLE, console={"ingress": {"enabled": True, "host": "review.example.com"}})
+    assert "ingress-console.yaml" not in off
+
+
+def test_media_volume_is_written_by_workers_and_read_by_the_console() -> None:
+    for name, value_set in VALUE_SETS.items():
+        values = value_set.values
+        resources = _by_template(value_set)
+        workers = resources["deployment.yaml"]
+        pods = {"deployment.yaml": workers}
+        if values["console"]["enabled"]:
+            pods["deployment-console.yaml"] = resources["deployment-console.yaml"]
+        for template, workload in pods.items():
+            container = _container(workload)
+            mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+            volumes = {volume["name"]: volume for volume in workload["spec"]["template"]["spec"]["volumes"]}
+            env = _literal_env(container)
+            if not values["media"]["enabled"]:
+                assert "media" not in mounts and "media" not in volumes, (name, template)
+                assert env["MODERATION_MEDIA__ENABLED"] == "false" and "MODERATION_MEDIA__DIRECTORY" not in env
+                continue
+            mount = mounts["media"]
+            assert mount["mountPath"] == env["MODERATION_MEDIA__DIRECTORY"] == values["media"]["mountPath"], name
+            # Workers write the copies; the console only serves them.
+            assert mount.get("readOnly", False) is (template == "deployment-console.yaml"), (name, template)
+            volume = volumes["media"]
+            if values["media"]["volume"]["type"] == "pvc":
+                assert volume["persistentVolumeClaim"] == {"claimName": values["media"]["volume"]["existingClaim"]}
+            else:
+                assert set(volume) == {"name", "emptyDir"}, name
+        # Only the pods that touch the copies mount them.
+        for template in ("deployment-outcomes.yaml", "cronjob-embeddings-prune.yaml", "job-migrate.yaml"):
+            if template in resources:
+                assert "media" not in {m["name"] for m in _container(resources[template]).get("volumeMounts", [])}
+    defaults = _workers(DEFAULTS)["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "media", "persistentVolumeClaim": {"claimName": "moderation-media"}} in defaults
+    assert VALUES["media"]["volume"]["type"] == "pvc" and "ReadWriteMany" in (CHART / "values.yaml").read_text()
+    trial_pod = _console(VALUE_SETS["ci/emptydir-values.yaml"])["spec"]["template"]["spec"]
+    trial = {v["name"]: v for v in trial_pod["volumes"]}
+    assert trial["media"]["emptyDir"] == {"sizeLimit": "1Gi"}
+    bare = _workers(DEFAULTS, media={"volume": {"type": "emptyDir"}})["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "media", "emptyDir": {}} in bare
+
+
+def test_media_prune_cronjob_runs_like_the_embeddings_prune() -> None:
+    assert VALUES["media"]["prune"]["enabled"] is True
+    resources = _by_template(DEFAULTS)
+    cronjob, embeddings = resources["cronjob-media-prune.yaml"], resources["cronjob-embeddings-prune.yaml"]
+    assert (cronjob["apiVersion"], cronjob["kind"]) == ("batch/v1", "CronJob")
+    assert cronjob["metadata"]["name"] == f"{FULLNAME}-media-prune"
+    assert cronjob["spec"]["schedule"] == VALUES["media"]["prune"]["schedule"]
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    container = _container(cronjob)
+    assert container["command"] == ["moderation", "media", "prune"]
+    assert _container_env(container) == _container_env(_container(embeddings))
+    assert _literal_env(container)["MODERATION_MEDIA__RETENTION_DAYS"] == "30"
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    assert set(mounts) == {"/tmp", MEDIA_DIR} and not mounts[MEDIA_DIR].get("readOnly", False)  # it deletes
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    assert container["securityContext"] == VALUES["securityContext"]
+    assert container["resources"] == VALUES["media"]["prune"]["resources"]
+    gpu = _by_template(VALUE_SETS["ci/gpu-keda-values.yaml"])["cronjob-media-prune.yaml"]
+    assert gpu["spec"]["timeZone"] == "Europe/Berlin"
+    assert _literal_env(_container(gpu))["MODERATION_MEDIA__RETENTION_DAYS"] == "60"
+    # Not with media off, nor with an emptyDir (each pod's own: nothing shared to prune), nor when disabled.
+    assert "cronjob-media-prune.yaml" not in _by_template(NO_CONSOLE)
+    assert "cronjob-media-prune.yaml" not in _by_template(VALUE_SETS["ci/emptydir-values.yaml"])
+    assert "cronjob-media-prune.yaml" not in _by_template(DEFAULTS, media={"prune": {"enabled": False}})
+    long_name = _by_template(DEFAULTS, fullnameOverride="x" * 63)
+    assert len(long_name["cronjob-media-prune.yaml"]["metadata"]["name"]) <= 52
+    assert len(long_name["service-console-metrics.yaml"]["metadata"]["name"]) <= 63
+
+
+def test_console_off_renders_no_console_objects() -> None:
+    resources = _by_template(NO_CONSOLE, metrics={"serviceMonitor": {"enabled": True}})
+    console_templates = {
+        "deployment-console.yaml", "service-console.yaml", "service-console-metrics.yaml",
+        "servicemonitor-console.yaml", "ingress-console.yaml",
+    }
+    assert not console_templates & set(resources)
+    assert not [doc for doc in resources.values() if doc["metadata"]["labels"].get(COMPONENT) == "console"]
+    assert "servicemonitor.yaml" in resources  # the workers' still
+    assert CONSOLE not in _notes(NO_CONSOLE)
+
+
+def test_notes_say_how_to_reach_the_console_and_add_the_first_account() -> None:
+    notes = _notes(DEFAULTS)
+    assert f"port-forward svc/{CONSOLE} 8080:80" in notes
+    assert f"exec -it deploy/{CONSOLE} -- moderation console user add NAME --role admin" in notes
+    assert 'PVC "moderation-media"' in notes and "ReadWriteMany" in notes
+    gpu = _notes(VALUE_SETS["ci/gpu-keda-values.yaml"])
+    assert "https://review.example.com/" in gpu and "X-Auth-Request-User" in gpu and "--proxy-only" in gpu
+    assert "emptyDir" in _notes(VALUE_SETS["ci/emptydir-values.yaml"])
+    # The command the notes give exists, with that role.
+    commands = (REPO / "consumers" / "commands" / "console.py").read_text()
+    assert 'users.add_parser("add"' in commands and '"--role"' in commands and '"--proxy-only"' in commands
+
+
 def test_ci_values_exercise_policies_outcomes_and_prune() -> None:
     ci = {name: each.values for name, each in VALUE_SETS.items() if name.startswith("ci/")}
     assert any(values["policies"]["sources"] and values["policies"]["shadow"] for values in ci.values())
     assert any(values["outcomes"]["enabled"] for values in ci.values())
     assert any(not values["policies"]["rollOnChange"] for values in ci.values())
     assert any(not values["embeddings"]["prune"]["enabled"] for values in ci.values())
+    # The console behind an ingress with and without TLS; reviewer copies on a claim and on an emptyDir.
+    assert any(values["console"]["ingress"]["enabled"] and values["console"]["ingress"]["tlsSecretName"]
+               for values in ci.values())
+    assert any(values["console"]["ingress"]["enabled"] and not values["console"]["ingress"]["tlsSecretName"]
+               for values in ci.values())
+    assert {values["media"]["volume"]["type"] for values in ci.values()} == {"pvc", "emptyDir"}
+    assert any(values["console"]["trustedProxies"] for values in ci.values())
     # A number over a million somewhere, so the int64 printing is exercised end to end.
     assert any(values["kafka"]["maxPollIntervalMs"] >= 1_000_000 for values in ci.values())
 

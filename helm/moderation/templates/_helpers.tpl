@@ -118,13 +118,15 @@ Container image reference; the tag defaults to the chart's appVersion.
 {{- end }}
 
 {{/*
-Environment shared by every container (worker, migration, prune, outcomes): every MODERATION_* setting the
-chart manages. Integer settings go through int64: Helm reads numbers from values as float64 and would print
+Environment shared by every container (worker, migration, prunes, outcomes, console): every MODERATION_* setting
+the chart manages but the console's own (moderation.consoleEnv). Integer settings go through int64: Helm reads numbers from values as float64 and would print
 20971520 as 2.097152e+07, which the settings refuse.
-Called with (dict "root" $ "secretName" NAME): the migration Job reads another Secret than the rest.
+Called with (dict "root" $ "secretName" NAME): the migration Job reads another Secret than the rest; the console
+adds "console" true for its own settings.
 */}}
 {{- define "moderation.env" -}}
 {{- $secretName := .secretName }}
+{{- $console := .console }}
 {{- with .root }}
 - name: MODERATION_DATA_DIR
   value: "/tmp/moderation"
@@ -138,6 +140,8 @@ Called with (dict "root" $ "secretName" NAME): the migration Job reads another S
   value: {{ .Values.kafka.deadLetterTopic | quote }}
 - name: MODERATION_KAFKA__REVIEW_OUTCOMES_TOPIC
   value: {{ .Values.kafka.reviewOutcomesTopic | quote }}
+- name: MODERATION_KAFKA__DECISIONS_TOPIC
+  value: {{ .Values.kafka.decisionsTopic | quote }}
 - name: MODERATION_KAFKA__CONSUMER_GROUP
   value: {{ .Values.kafka.consumerGroup | quote }}
 - name: MODERATION_KAFKA__DELIVERY_MODE
@@ -233,6 +237,19 @@ Called with (dict "root" $ "secretName" NAME): the migration Job reads another S
   value: {{ .Values.images.allowPrivateNetworks | quote }}
 - name: MODERATION_IMAGES__MAX_REDIRECTS
   value: {{ .Values.images.maxRedirects | int64 | quote }}
+- name: MODERATION_MEDIA__ENABLED
+  value: {{ .Values.media.enabled | quote }}
+{{- if .Values.media.enabled }}
+{{- /* The media volume's mount (workers write there, the console reads); unset, the root filesystem is read-only. */}}
+- name: MODERATION_MEDIA__DIRECTORY
+  value: {{ .Values.media.mountPath | quote }}
+{{- end }}
+- name: MODERATION_MEDIA__MAX_SIDE
+  value: {{ .Values.media.maxSide | int64 | quote }}
+- name: MODERATION_MEDIA__QUALITY
+  value: {{ .Values.media.quality | int64 | quote }}
+- name: MODERATION_MEDIA__RETENTION_DAYS
+  value: {{ .Values.media.retentionDays | quote }}
 - name: MODERATION_OPS__ENABLED
   value: "true"
 - name: MODERATION_OPS__PORT
@@ -252,8 +269,58 @@ Called with (dict "root" $ "secretName" NAME): the migration Job reads another S
   value: /tmp/.cache
 - name: TRITON_CACHE_DIR
   value: /tmp/.triton
+{{- if $console }}
+{{ include "moderation.consoleEnv" . }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+The console's own settings, only in its container (added by moderation.env with "console" true, before extraEnv).
+*/}}
+{{- define "moderation.consoleEnv" -}}
+- name: MODERATION_CONSOLE__HOST
+  value: {{ .Values.console.host | quote }}
+- name: MODERATION_CONSOLE__PORT
+  value: {{ .Values.console.port | int64 | quote }}
+- name: MODERATION_CONSOLE__OPS_PORT
+  value: {{ .Values.console.opsPort | int64 | quote }}
+- name: MODERATION_CONSOLE__SESSION_HOURS
+  value: {{ .Values.console.sessionHours | quote }}
+- name: MODERATION_CONSOLE__CLAIM_MINUTES
+  value: {{ .Values.console.claimMinutes | quote }}
+- name: MODERATION_CONSOLE__TRUSTED_PROXIES
+  value: {{ .Values.console.trustedProxies | quote }}
+- name: MODERATION_CONSOLE__IDENTITY_HEADER
+  value: {{ .Values.console.identityHeader | quote }}
+- name: MODERATION_CONSOLE__LOGIN_ATTEMPTS_PER_MINUTE
+  value: {{ .Values.console.loginAttemptsPerMinute | int64 | quote }}
+{{- end }}
+
+{{/*
+The media volume (media.volume), for the pods that mount it: workers, console, media prune.
+*/}}
+{{- define "moderation.mediaVolume" -}}
+- name: media
+  {{- if eq .Values.media.volume.type "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.media.volume.existingClaim }}
+  {{- else if .Values.media.volume.sizeLimit }}
+  emptyDir:
+    sizeLimit: {{ .Values.media.volume.sizeLimit }}
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+{{- end }}
+
+{{/*
+Name of a component's resource: <fullname>-<suffix>, the full name shortened so the whole fits in `max`
+characters (63 for most names, 52 for a CronJob). Called with (dict "root" $ "suffix" "console" "max" 63).
+*/}}
+{{- define "moderation.componentName" -}}
+{{- $room := sub (int .max) (add1 (len .suffix)) }}
+{{- printf "%s-%s" (include "moderation.fullname" .root | trunc (int $room) | trimSuffix "-") .suffix }}
 {{- end }}
