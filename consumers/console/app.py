@@ -80,8 +80,19 @@ def templates() -> Environment:
     environment = Environment(
         loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True, default_for_string=True)
     )
-    environment.filters["pct"] = lambda value: f"{100.0 * float(value):.1f}%"
+    environment.filters["age"] = age
     return environment
+
+
+def age(seconds: float) -> str:
+    """A waiting time as people read it: 40 s, 12 min, 3.5 h, 2.1 days."""
+    if seconds < 90:
+        return f"{max(0, int(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def create_app(context: ConsoleContext) -> FastAPI:

@@ -32,6 +32,7 @@ class Bar:
     action: str | None
     margin: float | None
     keep_media: bool
+    known: bool = True  # False: the verdict's policy is not among the console's files (no thresholds to show)
 
     @property
     def unsafe(self) -> bool:
@@ -61,6 +62,7 @@ def bars(verdict: Verdict | None, policy: LoadedPolicy | None) -> list[Bar]:
             name, float(score), category.threshold if category else None,
             category.action.value if category and category.action else None,
             category.uncertain_margin if category else None, category.keep_media if category else True,
+            known=policy is not None,
         ))
     return found
 
@@ -97,12 +99,15 @@ def item_page(request: Request, item_id: int, queue: str | None = None, skip: st
     verdict = context.verdicts.get(item.event_id)
     policies = context.policies()
     policy = policies.get(verdict.policy_hash) if verdict is not None else None
+    shown = bars(verdict, policy)
     return page(request, "item.html", {
         "session": session,
         "item": item,
         "verdict": verdict,
         "policy": policy,
-        "bars": bars(verdict, policy),
+        "bars": shown,
+        # What a reviewer decides on: the policy's unsafe categories (every scored one when the policy is unknown).
+        "decidable": [b for b in shown if b.unsafe] or shown,
         "history": context.reads.verdicts_of(item.content_id),
         "shadows": context.reads.shadows_of(item.event_id),
         "decisions": context.queue.history(item.id),

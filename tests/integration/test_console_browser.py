@@ -19,16 +19,18 @@ from pathlib import Path
 
 import pytest
 from moderation.media import DirectoryMediaStore, media_key, reviewer_copy
+from moderation.policy import load_policy
 from PIL import Image
 from sqlalchemy import select
 
 from consumers.clients import read_topic
 from consumers.console.server import serve
 from consumers.settings import Settings
-from moderation.review.values import Role
+from moderation.review.values import Actor, Role
 from moderation.storage import VerdictStore, create_engine_for, upgrade
 from moderation.storage.accounts import Accounts
 from moderation.storage.models import review_audit_table, review_decisions_table
+from moderation.storage.review_queue import ReviewQueue
 from moderation.verdict import MediaStatus, ReviewMedia, Verdict
 from tests.integration.test_storage import make_verdict
 from tests.support.console import PASSWORD
@@ -110,10 +112,18 @@ def seed(console: Console, *verdicts: tuple[Verdict, bytes | None]) -> None:
         time.sleep(0.01)
 
 
+DEFAULT_POLICY = load_policy(REPO / "policies" / "default.yaml")
+
+
 def flagged(n: int, **changes: object) -> Verdict:
-    return make_verdict(f"e{n}", image_sha256=f"{n:064x}", scores={"safe": 0.1, "nsfw": 0.2, "violent": 0.6,
-                                                                     "graphic": 0.1},
-                        top_category="violent", policy_version="2026-11-27.1", **changes)
+    """A verdict of the console's own policy file, so its thresholds are shown beside the scores."""
+    values: dict[str, object] = {
+        "image_sha256": f"{n:064x}", "scores": {"safe": 0.12, "nsfw": 0.08, "violent": 0.71, "graphic": 0.09},
+        "top_category": "violent", "action": "review", "best_prompt": "a person pointing a gun at someone",
+        "policy_version": DEFAULT_POLICY.version, "policy_hash": DEFAULT_POLICY.sha256,
+        "source": "uploads-eu", "content_id": f"photo-{n}",
+    }
+    return make_verdict(f"e{n}", **{**values, **changes})
 
 
 @pytest.fixture
@@ -149,8 +159,7 @@ def shot(page, name: str) -> None:  # noqa: ANN001
 
 def test_a_reviewer_unblurs_decides_with_the_keyboard_and_the_decision_flows_out(console: Console, chromium) -> None:  # noqa: ANN001
     console.accounts.add("alice", PASSWORD, Role.REVIEWER, by="test")
-    seed(console, (flagged(1, content_id="photo-1"), jpeg((200, 30, 30))),
-         (flagged(2, content_id="photo-2", action="review"), jpeg((30, 30, 200))))
+    seed(console, (flagged(1, action="block"), jpeg((200, 30, 30))), (flagged(2), jpeg((30, 30, 200))))
     context, page = log_in(chromium, console, "alice")
     page.wait_for_url("**/items/1*")
     image = page.locator("#media img")
@@ -158,6 +167,7 @@ def test_a_reviewer_unblurs_decides_with_the_keyboard_and_the_decision_flows_out
     page.wait_for_function("document.querySelector('#media img').complete")
     assert "blur" in page.evaluate("getComputedStyle(document.querySelector('#media img')).filter")
     assert page.evaluate("document.querySelector('#media img').naturalWidth") == 512  # the reviewer copy
+    assert "≥ 0.6 → review" in page.inner_text("table.scores")  # the violent category's threshold and action
     shot(page, "console-queue.png")
     page.click("#toggle-blur")
     assert page.evaluate("getComputedStyle(document.querySelector('#media img')).filter") == "none"
@@ -245,7 +255,14 @@ def test_without_a_session_nothing_is_served_and_a_post_needs_the_token(console:
 
 def test_the_blur_preference_is_remembered_and_the_stats_page_shows_the_queue(console: Console, chromium) -> None:  # noqa: ANN001
     console.accounts.add("lena", PASSWORD, Role.LEAD, by="test")
-    seed(console, *((flagged(n, action="block" if n % 2 else "review"), jpeg((120, 40, 160))) for n in range(1, 7)))
+    seed(console, *((flagged(n, action="block" if n % 2 else "review"), jpeg((120, 40, 160))) for n in range(1, 7)),
+         (flagged(7, top_category="graphic", scores={"safe": 0.2, "nsfw": 0.1, "violent": 0.1, "graphic": 0.6}), None),
+         (flagged(8, flagged=False, action="allow", top_category="safe", audited=True), None))
+    queue = ReviewQueue(console.store.engine)
+    for name, violating in (("alice", True), ("alice", False), ("bob", True)):
+        actor = Actor(name, Role.REVIEWER)
+        item = queue.next_item(actor, skip=[1])
+        queue.decide(item.id, actor, {item.category or "violent": violating}, "seen")
     context, page = log_in(chromium, console, "lena")
     page.wait_for_url("**/items/1*")
     page.uncheck("#remember-blur")
