@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # torch into the venv first and run with TORCH= (empty) so this step leaves it alone.
 TORCH ?= torch==2.13.0
 
-.PHONY: help install demo test lint bench clean
+.PHONY: help install browser demo test lint bench clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -23,7 +23,15 @@ install: $(VENV)/.installed ## create .venv and install the package with its tes
 demo: install ## run the offline demo: embedded broker, SQLite, sample images -> verdicts and review messages
 	$(VENV)/bin/moderation demo
 
-test: install ## run the whole test suite (real broker, SQLite and PostgreSQL on 127.0.0.1:5432)
+# The console's browser tests drive Debian's chromium through Playwright (browser downloads are blocked,
+# so `playwright install` is no way to get one): installed with apt-get when missing.
+browser: ## install Debian's chromium for the browser tests, if it is missing
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium (apt-get) for the console's browser tests"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser ## run the whole test suite (real broker, SQLite and PostgreSQL, Chromium)
 	$(PY) -m pytest -q
 
 lint: install ## ruff

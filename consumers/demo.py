@@ -7,6 +7,7 @@ under the data directory, the small test model the repo builds (or a real checkp
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 import threading
@@ -174,7 +175,19 @@ def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> E
     )
     if using_test_model:
         print("Scored by the offline test model (colours, not content).")
+    _print_console_hint(data_dir, policy, settings.console.port)
     return ExitCode.OK if ok else ExitCode.FAILED
+
+
+def _print_console_hint(data_dir: Path, policy: Path, port: int) -> None:
+    """How to review the demo's flagged items in the browser: the console on the demo's database."""
+    variables = f"MODERATION_DATA_DIR={shlex.quote(str(data_dir))} MODERATION_POLICY__PATH={shlex.quote(str(policy))}"
+    print(
+        "\nReview the flagged items in the browser (the review console, on the demo's database):\n"
+        f"  export {variables}\n"
+        "  moderation console user add me --role lead    # asks for a password\n"
+        f"  moderation console                            # then open http://127.0.0.1:{port}"
+    )
 
 
 def _print_verdicts(verdicts: list[Verdict]) -> None:

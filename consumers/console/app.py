@@ -34,6 +34,7 @@ from consumers.console.security import (
     Forbidden,
     LoginLimiter,
     NotLoggedIn,
+    client_address,
     new_login_token,
     same_token,
     set_session_cookie,
@@ -161,7 +162,7 @@ def create_app(context: ConsoleContext) -> FastAPI:
         target = safe_next(str(form.get("next", "/queue")))
         if not same_token(str(form.get(CSRF_FIELD, "")), request.cookies.get(LOGIN_COOKIE)):
             raise Forbidden("the login form expired: reload the page and try again")
-        address = request.client.host if request.client else "?"
+        address = client_address(request, context.authenticator.proxies)
         if not context.limiter.allowed(address, username):
             context.audit.add(username or "?", "login_limited", detail={"address": address})
             return _login_again(request, target, "too many failed logins: wait a minute", 429)

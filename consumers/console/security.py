@@ -128,6 +128,19 @@ class Authenticator:
         return started, new_token
 
 
+def client_address(request: Request, proxies: TrustedProxies) -> str:
+    """Who is really asking: behind a trusted proxy (an ingress), the last address it appended to
+    X-Forwarded-For; otherwise the connecting address. Login limits count per this address, so reviewers
+    behind one ingress do not share a single allowance (nor can one of them exhaust it for all)."""
+    peer = request.client.host if request.client else "?"
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded and peer in proxies:
+        last = forwarded.split(",")[-1].strip()
+        if last:
+            return last[:64]
+    return peer
+
+
 def set_session_cookie(response: Response, token: str, max_age_s: int) -> None:
     response.set_cookie(
         SESSION_COOKIE, token, max_age=max_age_s, httponly=True, secure=True, samesite="strict", path="/"

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
 from consumers.messages import header
 from consumers.producer import file_event
@@ -21,7 +25,7 @@ from tests.support.cli import drain_and_terminate, moderation, start_worker, wor
 from tests.support.http import get
 from tests.support.images import colour_files
 from tests.support.kafka import PipelineEnv, committed_total
-from tests.support.paths import POLICY
+from tests.support.paths import POLICY, REPO
 
 
 def test_settings_prints_effective_settings_with_secrets_masked() -> None:
@@ -64,7 +68,7 @@ def test_migrate_creates_the_schema_and_is_repeatable(tmp_path: Path) -> None:
     for _ in range(2):
         result = moderation("migrate", env={"MODERATION_DATABASE__URL": url})
         assert result.returncode == 0, result.stderr
-        assert "schema at revision 0003" in result.stdout
+        assert "schema at revision 0004" in result.stdout
     assert VerdictStore(create_engine_for(url)).count() == 0
 
 
@@ -202,6 +206,33 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path, test_model_dir: Path) 
     assert "test model" in result.stderr.lower()
     assert "one per flagged verdict" in result.stdout
     assert "11/11 events have a verdict; 4 flagged, 4 review messages" in result.stdout
+    # Then the README's next step: the console on the demo's database, as the demo's last lines say.
+    export = next(line for line in result.stdout.splitlines() if line.strip().startswith("export "))
+    variables = dict(shlex.split(export.strip())[i].split("=", 1) for i in range(1, 3))
+    added = subprocess.run(
+        [sys.executable, "-m", "consumers.cli", "console", "user", "add", "me", "--role", "lead", "--password-stdin"],
+        input="a long enough password\n", capture_output=True, text=True, cwd=REPO, timeout=60,
+        env={**os.environ, **variables},
+    )
+    assert added.returncode == 0, added.stderr
+    from consumers.console.app import create_app
+    from consumers.console.server import console_context
+    from consumers.settings import Settings
+    from tests.support.console import CSRF
+
+    settings = Settings(
+        data_dir=Path(variables["MODERATION_DATA_DIR"]), policy={"path": variables["MODERATION_POLICY__PATH"]}
+    )
+    with console_context(settings, publish=False) as context, TestClient(
+        create_app(context), base_url="https://testserver", follow_redirects=False
+    ) as browser:
+        token = CSRF.search(browser.get("/login").text).group(1)
+        assert browser.post("/login", data={"username": "me", "password": "a long enough password",
+                                            "csrf": token}).status_code == 303
+        item = browser.get("/queue").headers["location"].split("?")[0]
+        page = browser.get(item).text
+        assert "≥ 0.5 → " in page and "/media/" in page  # the test-model policy's thresholds, the copy
+        assert browser.get("/media/" + item.rsplit("/", 1)[1]).headers["content-type"] == "image/jpeg"
 
 
 def test_build_moderator_applies_the_model_settings(test_model_dir: Path) -> None:

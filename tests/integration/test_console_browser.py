@@ -18,14 +18,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from moderation.media import DirectoryMediaStore, media_key, reviewer_copy
-from moderation.policy import load_policy
 from PIL import Image
 from sqlalchemy import select
 
 from consumers.clients import read_topic
 from consumers.console.server import serve
 from consumers.settings import Settings
+from moderation.media import DirectoryMediaStore, media_key, reviewer_copy
+from moderation.policy import load_policy
 from moderation.review.values import Actor, Role
 from moderation.storage import VerdictStore, create_engine_for, upgrade
 from moderation.storage.accounts import Accounts

@@ -6,10 +6,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -168,3 +173,61 @@ def test_account_mistakes_are_one_line(cli, args: tuple[str, ...], stdin: str | 
 def test_the_console_help_lists_its_commands() -> None:
     result = moderation("console", "user", "--help")
     assert result.returncode == 0 and "add" in result.stdout and "disable" in result.stdout
+
+
+# --- `moderation console` as a real process ----------------------------------------------------------
+
+
+def test_the_console_serves_probes_and_metrics_and_stops_on_sigterm(sqlite_url: str, tmp_path: Path) -> None:
+    upgrade(sqlite_url)
+    log = tmp_path / "console.log"
+    variables = {
+        **os.environ, "MODERATION_DATABASE__URL": sqlite_url, "MODERATION_CONSOLE__PORT": "0",
+        "MODERATION_CONSOLE__OPS_PORT": "0", "MODERATION_LOG__FORMAT": "json", "MODERATION_DATA_DIR": str(tmp_path),
+    }
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "consumers.cli", "console"], cwd=REPO, env=variables,
+                                   stdout=sink, stderr=sink, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        serving = None
+        while serving is None and time.monotonic() < deadline and process.poll() is None:
+            lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+            serving = next((line for line in lines if line.get("event") == "console serving"), None)
+            time.sleep(0.1)
+        assert serving is not None, log.read_text()
+        base, ops = f"http://127.0.0.1:{serving['port']}", f"http://127.0.0.1:{serving['ops_port']}"
+        with urllib.request.urlopen(f"{base}/login", timeout=10) as answer:
+            assert answer.status == 200 and "Content-Security-Policy" in answer.headers
+        opener = urllib.request.build_opener(type("NoRedirect", (urllib.request.HTTPRedirectHandler,), {
+            "redirect_request": lambda *a, **k: None}))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(f"{base}/queue", timeout=10)
+        assert refused.value.code == 303
+        with urllib.request.urlopen(f"{ops}/readyz", timeout=10) as ready:
+            assert json.loads(ready.read())["ok"] is True
+        with urllib.request.urlopen(f"{ops}/metrics", timeout=10) as metrics:
+            assert b"moderation_console_requests_total" in metrics.read()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_console_on_a_taken_port_or_an_unmigrated_database_is_one_line(sqlite_url: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        upgrade(sqlite_url)
+        busy = moderation("console", "--port", str(port), env={"MODERATION_DATABASE__URL": sqlite_url,
+                                                               "MODERATION_DATA_DIR": str(tmp_path)})
+    assert busy.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+    assert len(busy.stderr.strip().splitlines()) == 1 and "Traceback" not in busy.stderr
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    unmigrated = moderation("console", "--port", "0", env={"MODERATION_DATABASE__URL": empty,
+                                                           "MODERATION_DATA_DIR": str(tmp_path)})
+    assert unmigrated.returncode != 0 and "migrate" in unmigrated.stderr
+    assert len(unmigrated.stderr.strip().splitlines()) == 1

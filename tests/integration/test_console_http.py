@@ -240,3 +240,24 @@ def test_the_stats_page_shows_queues_precision_and_reviewers(context, engine: En
     precision = r"<td>violence</td><td class=\"num\">2</td><td class=\"num\">1</td>\s*<td class=\"num\">0.50"
     assert re.search(precision, html)
     assert "<td>alice</td>" in html and "<svg" in html
+
+
+def test_behind_a_trusted_proxy_login_limits_count_per_forwarded_address(context) -> None:
+    add_user(context, "alice")
+    with client(context, address="10.0.0.7") as ingress:
+        def attempt(forwarded_for: str, password: str = "nope") -> int:
+            token = CSRF.search(ingress.get("/login").text).group(1)
+            return ingress.post("/login", data={"username": "alice", "password": password, "csrf": token},
+                                headers={"X-Forwarded-For": forwarded_for}).status_code
+
+        assert [attempt("203.0.113.9") for _ in range(6)] == [401] * 5 + [429]
+        assert attempt("198.51.100.4", PASSWORD) == 303  # another reviewer behind the same ingress
+    with client(context, address="192.168.3.3") as direct:  # an untrusted peer cannot pick its address
+        token = CSRF.search(direct.get("/login").text).group(1)
+        for _ in range(5):
+            direct.post("/login", data={"username": "alice", "password": "nope", "csrf": token},
+                        headers={"X-Forwarded-For": "1.2.3.4"})
+            token = CSRF.search(direct.get("/login").text).group(1)
+        blocked = direct.post("/login", data={"username": "alice", "password": PASSWORD, "csrf": token},
+                              headers={"X-Forwarded-For": "5.6.7.8"})
+        assert blocked.status_code == 429
