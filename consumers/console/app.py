@@ -112,6 +112,9 @@ def create_app(context: ConsoleContext) -> FastAPI:
         response: Response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        token = getattr(request.state, "new_session_token", None)
+        if token and "set-cookie" not in response.headers:  # a trusted proxy's user: one session, not one a request
+            set_session_cookie(response, token, int(context.session_ttl.total_seconds()))
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         elapsed = time.perf_counter() - started
@@ -247,18 +250,13 @@ def lead(session: Session) -> Session:
 
 def page(request: Request, name: str, values: dict[str, Any], status: int = 200) -> HTMLResponse:
     """Render a template with what every page shows (the user, the CSRF token, the preferences)."""
-    context: ConsoleContext = request.app.state.ctx
     values = dict(values)
     session: Session | None = values.pop("session", None)
     html = request.app.state.templates.get_template(name).render(
         request=request, session=session, csrf=session.csrf_token if session else "",
         preferences=session.preferences if session else {}, **values,
     )
-    response = HTMLResponse(html, status_code=status)
-    token = getattr(request.state, "new_session_token", None)
-    if token:
-        set_session_cookie(response, token, int(context.session_ttl.total_seconds()))
-    return response
+    return HTMLResponse(html, status_code=status)
 
 
 def safe_next(target: str) -> str:

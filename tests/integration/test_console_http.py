@@ -261,3 +261,14 @@ def test_behind_a_trusted_proxy_login_limits_count_per_forwarded_address(context
         blocked = direct.post("/login", data={"username": "alice", "password": PASSWORD, "csrf": token},
                               headers={"X-Forwarded-For": "5.6.7.8"})
         assert blocked.status_code == 429
+
+
+def test_a_proxy_user_gets_one_session_cookie_even_from_a_redirect(context, engine: Engine) -> None:
+    add_user(context, "pat", Role.REVIEWER, password=None)
+    VerdictStore(engine).save_batch([flagged("e1")])
+    with client(context, address="10.9.9.9") as via_proxy:
+        first = via_proxy.get("/queue", headers={"X-Forwarded-User": "pat"})
+        assert first.status_code == 303 and "moderation_session=" in first.headers["set-cookie"]
+        again = via_proxy.get(first.headers["location"], headers={"X-Forwarded-User": "pat"})
+        assert again.status_code == 200 and "set-cookie" not in again.headers  # the cookie's session is reused
+    assert audit_actions(engine).count("login") == 1
