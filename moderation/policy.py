@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -150,18 +150,27 @@ class LoadedPolicy:
     policy: Policy
     path: str
     sha256: str
+    text: str = field(default="", compare=False, repr=False)  # the YAML as read: what the database keeps
 
     @property
     def version(self) -> str:
         return self.policy.version
 
+    def meaning(self) -> dict[str, object]:
+        """What the hash covers, as plain data (golden examples and fields at their defaults left out)."""
+        return policy_meaning(self.policy)
+
+
+def policy_meaning(policy: Policy) -> dict[str, object]:
+    """What a policy decides, as plain data: golden examples are left out, so adding a test case does not
+    look like a policy change; so are fields at their defaults, so a new optional field does not change
+    the hash of every existing policy."""
+    return policy.model_dump(mode="json", exclude={"examples"}, exclude_defaults=True)
+
 
 def policy_hash(policy: Policy) -> str:
-    """A hash of what the policy decides. Golden examples are left out, so adding a test case does not
-    look like a policy change; so are fields at their defaults, so a new optional field does not
-    change the hash of every existing policy."""
-    meaning = policy.model_dump(mode="json", exclude={"examples"}, exclude_defaults=True)
-    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"))
+    """A hash of what the policy decides (`policy_meaning`, canonical JSON)."""
+    canonical = json.dumps(policy_meaning(policy), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -198,7 +207,7 @@ def parse_policy(text: str, path: str = "<policy>") -> LoadedPolicy:
             (".".join(str(part) for part in err["loc"]) or "(policy)", err["msg"]) for err in exc.errors()
         ]
         raise PolicyError(path, problems) from exc
-    return LoadedPolicy(policy=policy, path=path, sha256=policy_hash(policy))
+    return LoadedPolicy(policy=policy, path=path, sha256=policy_hash(policy), text=text)
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:

@@ -5,7 +5,7 @@ decided about flagged items), `review_publications` (which verdicts' review mess
 The review console's tables: `review_items` (the queue, one row per event sent to human review, with
 its claim and its reviewer copy of the image), `review_decisions` (append-only decision history, also the
 outbox of the decisions topic), `review_audit` (append-only audit log), `console_users` and
-`console_sessions`.
+`console_sessions`. `policies` keeps every policy verdicts were decided under, by hash.
 
 The schema is declared here once, for the store's queries and as Alembic's `target_metadata`; the
 migrations in `migrations/versions/` create it and must stay in step with it (a test compares them).
@@ -278,6 +278,7 @@ class ReviewDecisionRow(Base):
     __table_args__ = (
         CheckConstraint("outcome IN ('violating', 'not_violating', 'escalated')", name="outcome"),
         Index("ix_review_decisions_item_id", "item_id"),
+        Index("ix_review_decisions_content_id", "content_id"),
         Index("ix_review_decisions_reviewer_decided_at", "reviewer", "decided_at"),
         Index("ix_review_decisions_decided_at_reviewer_kind", "decided_at", "reviewer", "kind"),
         Index("ix_review_decisions_published_at", "published_at"),
@@ -333,6 +334,26 @@ class ConsoleSessionRow(Base):
     __table_args__ = (Index("ix_console_sessions_username", "username"),)
 
 
+class PolicyRow(Base):
+    """Every policy a verdict was decided under (or a shadow recorded), by hash: its text and meaning, so any
+    verdict can be explained with the exact thresholds and prompts that produced it.
+
+    Written with the first verdicts decided under it, in their transaction; `last_seen` is refreshed by the
+    workers about once a minute while it is in force.
+    """
+
+    __tablename__ = "policies"
+
+    policy_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)  # the YAML the first worker read
+    meaning: Mapped[dict[str, Any]] = mapped_column(ScoresJSON, nullable=False)  # what the hash covers
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+    __table_args__ = (Index("ix_policies_version", "version"),)
+
+
 class SchemaCompatibilityRow(Base):
     """Per schema revision, the oldest code revision that can run on it (see storage/migrate.py).
 
@@ -356,3 +377,4 @@ review_decisions_table: Table = Base.metadata.tables["review_decisions"]
 review_audit_table: Table = Base.metadata.tables["review_audit"]
 console_users_table: Table = Base.metadata.tables["console_users"]
 console_sessions_table: Table = Base.metadata.tables["console_sessions"]
+policies_table: Table = Base.metadata.tables["policies"]

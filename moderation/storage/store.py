@@ -13,15 +13,17 @@ insert is written with their dialects' `insert()` (`moderation.storage.statement
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Select, func, select, text
+from sqlalchemy import Engine, Select, func, select, text, update
 
 from moderation.review.routing import queue_row
 from moderation.storage.errors import StorageError, storage_errors
 from moderation.storage.models import (
     embeddings_table,
+    policies_table,
     review_items_table,
     review_publications_table,
     shadow_verdicts_table,
@@ -29,6 +31,11 @@ from moderation.storage.models import (
 )
 from moderation.storage.statements import chunks, dialect_insert
 from moderation.verdict import ShadowVerdict, Verdict, VerdictStatus
+
+if TYPE_CHECKING:
+    from moderation.policy import LoadedPolicy
+
+LAST_SEEN_EVERY_S = 60.0  # how often a store refreshes `policies.last_seen` for the policies it writes under
 
 
 def _to_row(verdict: Verdict) -> dict[str, Any]:
@@ -68,6 +75,13 @@ def _embedding_row(verdict: Verdict) -> dict[str, Any] | None:
         "image_sha256": verdict.image_sha256,
         "dim": int(verdict.embedding.shape[-1]),
         "vector": verdict.embedding.astype("<f2").tobytes(),
+    }
+
+
+def _policy_row(policy: LoadedPolicy) -> dict[str, Any]:
+    return {
+        "policy_hash": policy.sha256, "version": policy.version,
+        "text": (policy.text or "").replace("\x00", ""), "meaning": policy.meaning(),
     }
 
 
@@ -118,6 +132,8 @@ class VerdictStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._insert, self._max_parameters = dialect_insert(engine)
+        self._policies_recorded: set[str] = set()  # hashes known to be in `policies`: not inserted again
+        self._last_seen_at: dict[str, float] = {}  # hash -> when this store last refreshed its last_seen
 
     def _insert_ignoring_repeats(self, conn: Any, table: Any, rows: Sequence[dict[str, Any]], key: list[Any]) -> None:
         """Multi-row INSERT ... ON CONFLICT (key) DO NOTHING, in chunks that fit the parameter limit."""
@@ -131,13 +147,15 @@ class VerdictStore:
     def engine(self) -> Engine:
         return self._engine
 
-    def save_batch(self, verdicts: Sequence[Verdict]) -> list[Verdict]:
+    def save_batch(self, verdicts: Sequence[Verdict], policies: Sequence[LoadedPolicy] = ()) -> list[Verdict]:
         """Record `verdicts` in one transaction; return, in input order, what the database holds for each.
 
         An event_id already stored keeps its original row, and the original comes back; repeats of one
         event_id within the batch collapse to the first. The verdicts' new embeddings and shadow verdicts,
         and a review-queue item for each verdict that needs review, are written in the same transaction,
-        equally idempotent. Either all of it is written or nothing.
+        equally idempotent. Either all of it is written or nothing. `policies` (those the batch was decided
+        under, shadows included) are stored by hash in the same transaction the first time, so no verdict
+        names a policy the database cannot show; their `last_seen` is refreshed about once a minute after.
         """
         if not verdicts:
             return []
@@ -152,11 +170,15 @@ class VerdictStore:
             if (row := _embedding_row(v)) is not None
         }
         shadows = [_shadow_row(shadow) for v in first.values() for shadow in v.shadows]
+        new_policies = {p.sha256: _policy_row(p) for p in policies if p.sha256 not in self._policies_recorded}
         queued = [queue_row(v) for v in first.values() if v.needs_review]
         table = verdicts_table
         stored: dict[str, Verdict] = {}
         saving = storage_errors(f"could not save {len(verdicts)} verdicts", rejections_are_permanent=True)
         with saving, self._engine.begin() as conn:
+            # DO NOTHING on a known hash takes no row lock: workers never queue behind each other here.
+            self._insert_ignoring_repeats(conn, policies_table, list(new_policies.values()),
+                                          [policies_table.c.policy_hash])
             self._insert_ignoring_repeats(conn, table, rows, [table.c.event_id])
             self._insert_ignoring_repeats(
                 conn, embeddings_table, list(embeddings.values()),
@@ -178,7 +200,24 @@ class VerdictStore:
         missing = [event_id for event_id in event_ids if event_id not in stored]
         if missing:  # cannot happen unless something deletes rows under us; never return a partial answer
             raise StorageError(f"verdicts missing right after saving them: {missing[:5]}")
+        self._policies_recorded.update(new_policies)
+        self._refresh_last_seen([p.sha256 for p in policies])
         return [stored[verdict.event_id] for verdict in verdicts]
+
+    def _refresh_last_seen(self, hashes: Sequence[str]) -> None:
+        """`policies.last_seen` = now for the hashes this store has not refreshed for a minute: one small
+        UPDATE a minute per worker, outside the batch's transaction, so it never holds a row lock long."""
+        now = time.monotonic()
+        due = [
+            h for h in dict.fromkeys(hashes)
+            if h not in self._last_seen_at or now - self._last_seen_at[h] >= LAST_SEEN_EVERY_S
+        ]
+        if not due:
+            return
+        t = policies_table
+        with storage_errors("could not refresh the policies' last_seen"), self._engine.begin() as conn:
+            conn.execute(update(t).where(t.c.policy_hash.in_(due)).values(last_seen=func.now()))
+        self._last_seen_at.update(dict.fromkeys(due, now))
 
     def reviews_published(self, event_ids: Sequence[str]) -> set[str]:
         """Which of `event_ids` already had their review message published and acknowledged."""
