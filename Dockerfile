@@ -32,10 +32,12 @@ COPY pyproject.toml README.md ./
 COPY moderation/ moderation/
 COPY consumers/ consumers/
 COPY migrations/ migrations/
+COPY schemas/ schemas/
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && python -c "import glob, sys, zipfile; \
 names = zipfile.ZipFile(glob.glob('/wheels/moderation-*.whl')[0]).namelist(); \
-sys.exit(0 if 'moderation/migrations/env.py' in names else 'migrations missing from the wheel')"
+sys.exit(0 if {'moderation/migrations/env.py', 'moderation/message_schemas/image-event.v1.json'} <= set(names) \
+else 'migrations or message schemas missing from the wheel')"
 
 # --- runtime ----------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
