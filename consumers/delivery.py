@@ -34,6 +34,7 @@ from consumers.reviewer_copies import ReviewerCopies
 from consumers.settings import KafkaSettings
 from consumers.transaction import Transaction
 from moderation.exceptions import EventError
+from moderation.policy import LoadedPolicy
 from moderation.settings import MediaSettings
 from moderation.storage import StorageError, VerdictStore
 from moderation.verdict import Verdict, VerdictStatus
@@ -65,6 +66,8 @@ class ScoredBatch:
     # The uploads' bytes, verdict for verdict, for the reviewer copies; None (or an empty tuple) where none
     # were kept: media off, or a verdict that does not go to review.
     originals: tuple[bytes | None, ...] = field(default=(), repr=False)
+    # The policies the batch was decided under (shadows too): stored by hash with the first verdicts.
+    policies: tuple[LoadedPolicy, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         # An event whose event_id turns out to be taken by other content (or whose verdict the database
@@ -232,7 +235,7 @@ class Delivery:
         row cannot hold its partition for ever. Returns, per input verdict, what is stored (None for the
         rejected) and the dead letters. Connection errors propagate: the batch is retried whole."""
         try:
-            return list(self.store.save_batch(batch.verdicts)), []
+            return list(self.store.save_batch(batch.verdicts, batch.policies)), []
         except StorageError as exc:
             if not exc.permanent:
                 raise
@@ -241,7 +244,7 @@ class Delivery:
         unstorable: list[OutgoingMessage] = []
         for verdict, record in zip(batch.verdicts, batch.records, strict=True):
             try:
-                saved.extend(self.store.save_batch([verdict]))
+                saved.extend(self.store.save_batch([verdict], batch.policies))
             except StorageError as exc:
                 if not exc.permanent:
                     raise

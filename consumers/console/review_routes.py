@@ -16,6 +16,7 @@ from consumers.console.security import Forbidden
 from moderation.policy import LoadedPolicy
 from moderation.review.values import ReviewItem, Role
 from moderation.storage.accounts import Session
+from moderation.storage.policies import PolicyStore
 from moderation.verdict import Verdict
 
 router = APIRouter()
@@ -99,6 +100,9 @@ def item_page(request: Request, item_id: int, queue: str | None = None, skip: st
     verdict = context.verdicts.get(item.event_id)
     policies = context.policies()
     policy = policies.get(verdict.policy_hash) if verdict is not None else None
+    if verdict is not None and policy is None:  # no longer in the files: the copy stored with the verdicts
+        stored = PolicyStore(context.verdicts.engine).get(verdict.policy_hash)
+        policy = stored.loaded() if stored is not None else None
     shown = bars(verdict, policy)
     return page(request, "item.html", {
         "session": session,
@@ -117,6 +121,18 @@ def item_page(request: Request, item_id: int, queue: str | None = None, skip: st
         "queue": queue or "",
         "skip": ",".join(str(i) for i in skips(skip)),
     })
+
+
+@router.get("/policies/{policy_hash}")
+def policy_page(request: Request, policy_hash: str) -> Response:
+    """A stored policy's exact text: what the verdicts naming this hash were decided under."""
+    session = viewer(request)
+    context: ConsoleContext = request.app.state.ctx
+    stored = PolicyStore(context.verdicts.engine).get(policy_hash[:64])
+    if stored is None:
+        return page(request, "error.html", {"session": session, "title": "Not found",
+                                            "message": "no policy stored under that hash"}, status=404)
+    return page(request, "policy.html", {"session": session, "stored": stored})
 
 
 @router.post("/items/{item_id}/claim")

@@ -32,6 +32,8 @@ class Score:
 
     def __call__(self, batch: Batch) -> ScoredBatch:
         self.policies.check()
+        # Read once, on this thread, before scoring: the book the batch is decided under (only check() swaps it).
+        book = self.moderator.policies
         prepared: list[Prepared] = [future.result() for future in batch.prepared]
         scored = [p for p in prepared if p.event is not None]
         self.metrics.loaded(ms for p in scored if (ms := getattr(p.loaded, "load_ms", None)) is not None)
@@ -65,6 +67,7 @@ class Score:
             dead_letters=dead_letters,
             offsets=batch.next_offsets(),
             originals=originals if any(o is not None for o in originals) else (),
+            policies=tuple(book.every_policy()),
         )
 
 

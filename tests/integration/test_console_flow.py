@@ -18,6 +18,7 @@ from moderation.moderator import Moderator
 from moderation.policy import load_policy
 from moderation.review.values import Role
 from moderation.storage import VerdictStore, create_engine_for, upgrade
+from moderation.storage.policies import PolicyStore
 from tests.support.cli import moderation
 from tests.support.console import console_context, csrf_of, logged_in
 from tests.support.images import colour_files
@@ -50,6 +51,9 @@ def test_events_to_queue_to_decisions_to_precision(
         worker.close()
         moderator.close()
 
+    # The worker stored the policy it decided under, by hash, with the first verdicts.
+    stored = PolicyStore(engine).get(load_policy(POLICY).sha256)
+    assert stored is not None and stored.version == "test-model-1"
     media = DirectoryMediaStore(env.settings.media_directory)
     context = console_context(engine, media=media, policies={p.sha256: p for p in [load_policy(POLICY)]})
     decided: dict[str, bool] = {}

@@ -1350,8 +1350,9 @@ def test_dashboard_configmap_carries_the_sidecar_label() -> None:
     configmap = _by_template(VALUE_SETS["ci/gpu-keda-values.yaml"])["configmap-dashboard.yaml"]
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert configmap["metadata"]["annotations"]["grafana_folder"] == "Moderation"
-    (dashboard,) = configmap["data"].values()
-    assert json.loads(dashboard) == json.loads((CHART / "dashboards" / "moderation.json").read_text())
+    assert set(configmap["data"]) == {"moderation.json", "trust-and-safety.json"}
+    for name, dashboard in configmap["data"].items():
+        assert json.loads(dashboard) == json.loads((CHART / "dashboards" / name).read_text())
 
 
 def test_helm_refuses_a_misindented_template(tmp_path: Path) -> None:

@@ -81,12 +81,12 @@ class FlakyStore(VerdictStore):
         self.failures = failures
         self.attempts = 0
 
-    def save_batch(self, verdicts: Sequence[Verdict]) -> list[Verdict]:
+    def save_batch(self, verdicts: Sequence[Verdict], policies: Sequence[Any] = ()) -> list[Verdict]:
         self.attempts += 1
         if self.failures:
             self.failures -= 1
             raise StorageError("database unreachable (injected)")
-        return super().save_batch(verdicts)
+        return super().save_batch(verdicts, policies)
 
 
 def test_delivery_retries_a_batch_the_database_refused(
