@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Sequence
 
 from consumers.commands import console, demo, embeddings, media, migrate, outcomes, policy, produce, run, testmodel
+from consumers.commands import search as search_command
 from consumers.commands import settings as settings_command
 from consumers.errors import CommandError, ExitCode
 from consumers.logs import configure_logging
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy_commands = policy.register(commands)  # check, backtest, shadow-report, tune
     outcomes.register(commands, policy_commands)  # outcomes run, policy precision
     embeddings.register(commands)
+    search_command.register(commands)
     media.register(commands)
     console.register(commands)
     settings_command.register(commands)

@@ -200,6 +200,10 @@ class ClipScorer:
             rows.append(pooled_embeddings(self.model.get_text_features(**chunk)).float())
         return _normalise(torch.cat(rows))
 
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        """Normalised text embeddings, [n, dim] float32 on the CPU: a search query, embedded like a prompt."""
+        return self._embed_prompts(list(texts)).cpu()
+
     def policy_text(self, policy: LoadedPolicy) -> PolicyText:
         """The policy's text embeddings, computed once per policy hash (LRU of the last few) and reused."""
         with self._lock:
