@@ -175,13 +175,16 @@ def run_demo(settings: Settings, *, model: str | None, policy: Path | None) -> E
     )
     if using_test_model:
         print("Scored by the offline test model (colours, not content).")
-    _print_console_hint(data_dir, policy, settings.console.port)
+    _print_console_hint(data_dir, policy, settings.console.port, model)
     return ExitCode.OK if ok else ExitCode.FAILED
 
 
-def _print_console_hint(data_dir: Path, policy: Path, port: int) -> None:
-    """How to review the demo's flagged items in the browser: the console on the demo's database."""
+def _print_console_hint(data_dir: Path, policy: Path, port: int, model: str | None) -> None:
+    """How to review the demo's flagged items in the browser: the console on the demo's database (and the
+    demo's model, whose text tower the console's search embeds queries with)."""
     variables = f"MODERATION_DATA_DIR={shlex.quote(str(data_dir))} MODERATION_POLICY__PATH={shlex.quote(str(policy))}"
+    if model is not None:
+        variables += f" MODERATION_MODEL__NAME_OR_PATH={shlex.quote(model)}"
     print(
         "\nReview the flagged items in the browser (the review console, on the demo's database):\n"
         f"  export {variables}\n"

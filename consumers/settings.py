@@ -129,6 +129,12 @@ class ConsoleSettings(SettingsGroup):
     login_attempts_per_minute: int = Field(
         5, ge=1, le=1000, description="Failed logins allowed per minute for one name from one address."
     )
+    search: bool = Field(
+        True, description="Search over stored embeddings (loads the model's towers and builds an index at start)."
+    )
+    search_refresh_s: float = Field(
+        30.0, ge=0, le=3600, description="A new verdict is searchable at most this many seconds after it is saved."
+    )
 
 
 class LogSettings(SettingsGroup):

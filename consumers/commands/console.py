@@ -95,6 +95,40 @@ def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
     return ExitCode.OK
 
 
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from moderation.storage import open_engine
+    from moderation.storage.api_tokens import ApiTokens, Scope, TokenError
+
+    by = _who()
+    try:
+        with open_engine(settings.database_url, require_schema=True) as engine:
+            tokens = ApiTokens(engine)
+            if args.action == "create":
+                if args.expires_days is not None and args.expires_days <= 0:
+                    raise CommandError.user(f"--expires-days must be positive, not {args.expires_days}")
+                lifetime = timedelta(days=args.expires_days) if args.expires_days is not None else None
+                secret, token = tokens.create(args.name, args.user, Scope(args.scope), by=by, expires_in=lifetime)
+                # The secret on stdout alone (for a pipe into a secret store); what it is on stderr.
+                until = token.expires_at.isoformat(timespec="seconds") if token.expires_at else "never"
+                print(f"token {token.id} ({token.name}) for {token.username}, scope {token.scope.value}, "
+                      f"expires {until}; shown once, store it now:", file=sys.stderr)
+                print(secret)
+            elif args.action == "revoke":
+                token = tokens.revoke(args.id, by=by)
+                print(f"revoked token {token.id} ({token.name}) of {token.username}")
+            else:  # list
+                for token in tokens.all():
+                    state = "active" if token.active else ("revoked" if token.revoked_at else "expired")
+                    used = token.last_used_at.isoformat(timespec="seconds") if token.last_used_at else "never used"
+                    print(f"{token.id}\t{token.name}\t{token.username}\t{token.scope.value}\t{token.prefix}...\t"
+                          f"{state}\t{used}")
+    except TokenError as exc:
+        raise CommandError.user(str(exc)) from exc
+    return ExitCode.OK
+
+
 def register(commands: Any) -> None:
     console = commands.add_parser(
         "console", help="serve the review console (web), or manage its accounts",
@@ -125,3 +159,20 @@ def register(commands: Any) -> None:
     users.add_parser("list", help="list the accounts")
     for parser in (user, *users.choices.values()):
         parser.set_defaults(handler=cmd_user)
+    token = sub.add_parser("token", help="API tokens for service accounts: create, list, revoke")
+    tokens = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = tokens.add_parser(
+        "create", help="create a token acting as an account (printed once, on stdout)",
+        description="Create an API token for the read API (/api/v1). It acts as ACCOUNT, with that account's "
+        "role, within its scope: read (GET only) or write (also claims, decisions, appeals). Add a service "
+        "account first: `moderation console user add NAME --proxy-only --role reviewer`.",
+    )
+    create.add_argument("name", help="what the token is for, e.g. 'grafana' or 'uploads takedown'")
+    create.add_argument("--user", required=True, metavar="ACCOUNT", help="the console account it acts as")
+    create.add_argument("--scope", choices=("read", "write"), default="read", help="default: read")
+    create.add_argument("--expires-days", type=float, default=None, metavar="DAYS", help="default: never")
+    tokens.add_parser("list", help="list the tokens (never their secrets)")
+    revoke = tokens.add_parser("revoke", help="revoke a token: it stops working at once")
+    revoke.add_argument("id", type=int, help="the token's id, from `token list`")
+    for parser in (token, *tokens.choices.values()):
+        parser.set_defaults(handler=cmd_token)

@@ -25,6 +25,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consumers.console.metrics import ConsoleMetrics
+from consumers.console.search import ConsoleSearch
 from consumers.console.security import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -41,6 +42,7 @@ from consumers.console.security import (
 )
 from moderation.policy import LoadedPolicy
 from moderation.review.values import ReviewError
+from moderation.settings import ImageSettings
 from moderation.storage import StorageError, VerdictStore
 from moderation.storage.accounts import Accounts, Session
 from moderation.storage.audit_log import AuditLog
@@ -73,6 +75,8 @@ class ConsoleContext:
     policies: Callable[[], dict[str, LoadedPolicy]] = dict  # policy hash -> policy, as the files say now
     notify_decision: Callable[[], None] = lambda: None  # wakes the decisions publisher
     session_ttl: timedelta = timedelta(hours=12)
+    search: ConsoleSearch | None = None  # None: search is off
+    image_limits: ImageSettings = field(default_factory=ImageSettings)  # for uploaded query images
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,7 +101,8 @@ def age(seconds: float) -> str:
 
 
 def create_app(context: ConsoleContext) -> FastAPI:
-    from consumers.console import list_routes, review_routes
+    from consumers.console import list_routes, review_routes, search_routes
+    from consumers.console.api import PREFIX, create_api
 
     app = FastAPI(title="moderation review console", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = context
@@ -105,6 +110,8 @@ def create_app(context: ConsoleContext) -> FastAPI:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(review_routes.router)
     app.include_router(list_routes.router)
+    app.include_router(search_routes.router)
+    app.mount(PREFIX, create_api(context))
 
     @app.middleware("http")
     async def headers_and_metrics(request: Request, call_next: Callable[..., Any]) -> Response:
@@ -116,7 +123,8 @@ def create_app(context: ConsoleContext) -> FastAPI:
         if token and "set-cookie" not in response.headers:  # a trusted proxy's user: one session, not one a request
             set_session_cookie(response, token, int(context.session_ttl.total_seconds()))
         route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
+        path = getattr(route, "path", None)
+        path = request.scope.get("root_path", "") + path if path else "unmatched"
         elapsed = time.perf_counter() - started
         context.metrics.request(request.method, path, response.status_code, elapsed)
         log.info("request", method=request.method, path=path, status=response.status_code,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -58,6 +58,12 @@ class ConsoleMetrics:
         )
         if pending is not None:
             r.register(_QueueCollector(pending))
+
+    def watch_search(self, size: Callable[[], int]) -> None:
+        """Report the search index's size (0 while it builds or when search is unavailable)."""
+        gauge = Gauge("moderation_search_index_embeddings", "Embeddings in the console's search index.",
+                      registry=self.registry)
+        gauge.set_function(lambda: float(size()))
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

@@ -73,6 +73,14 @@ def console_context(settings: Settings, *, publish: bool = True) -> Iterator[Con
                 on_published=metrics.published.inc,
             ).start()
             stack.callback(publisher.stop)
+        search = None
+        if console.search:
+            from consumers.console.search import ConsoleSearch
+            from moderation.clip_scorer import ClipScorer
+
+            search = ConsoleSearch(engine, lambda: ClipScorer.from_settings(settings.model),
+                                   refresh_every=console.search_refresh_s).start()
+            metrics.watch_search(lambda: search.status.size)
         try:
             proxies = TrustedProxies(console.trusted_proxies)
         except ValueError as exc:
@@ -85,6 +93,7 @@ def console_context(settings: Settings, *, publish: bool = True) -> Iterator[Con
             media=media_store(settings), policies=_Policies(settings),
             notify_decision=publisher.notify if publisher is not None else (lambda: None),
             session_ttl=timedelta(hours=console.session_hours),
+            search=search, image_limits=settings.images,
             extra={"publisher": publisher},
         )
 

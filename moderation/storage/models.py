@@ -134,6 +134,13 @@ class VerdictRow(Base):
         Index("ix_verdicts_created_at", "created_at"),
         Index("ix_verdicts_flagged_created_at", "flagged", "created_at"),
         Index("ix_verdicts_status", "status"),
+        # The read API's filtered pages walk the newest ids first; for a filter that matches few rows these
+        # take them straight to the matches (partial indexes: only the rows they select, so small).
+        Index("ix_verdicts_source_id", "source", "id"),
+        Index("ix_verdicts_flagged_category_id", "top_category", "id",
+              postgresql_where=text("flagged"), sqlite_where=text("flagged")),
+        Index("ix_verdicts_uncertain_id", "id", postgresql_where=text("uncertain"), sqlite_where=text("uncertain")),
+        Index("ix_verdicts_audited_id", "id", postgresql_where=text("audited"), sqlite_where=text("audited")),
     )
 
 
@@ -354,6 +361,31 @@ class PolicyRow(Base):
     __table_args__ = (Index("ix_policies_version", "version"),)
 
 
+class ApiTokenRow(Base):
+    """A bearer token of the read API: it acts as one console account (its role) within a scope (read, or
+    read and write). Only the token's sha256 is kept; `prefix` (its first characters) lets people tell
+    tokens apart in lists and logs."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False)
+    username: Mapped[str] = mapped_column(String(64), nullable=False)
+    scope: Mapped[str] = mapped_column(String(8), nullable=False)
+    token_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), nullable=False, unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("scope IN ('read', 'write')", name="scope"),
+        Index("ix_api_tokens_username", "username"),
+    )
+
+
 class SchemaCompatibilityRow(Base):
     """Per schema revision, the oldest code revision that can run on it (see storage/migrate.py).
 
@@ -378,3 +410,4 @@ review_audit_table: Table = Base.metadata.tables["review_audit"]
 console_users_table: Table = Base.metadata.tables["console_users"]
 console_sessions_table: Table = Base.metadata.tables["console_sessions"]
 policies_table: Table = Base.metadata.tables["policies"]
+api_tokens_table: Table = Base.metadata.tables["api_tokens"]

@@ -107,6 +107,15 @@ class ReviewQueue:
         with storage_errors("could not read the review queue"), self._engine.connect() as conn:
             return [ReviewItem.from_row(r) for r in conn.execute(query.where(*conditions)).mappings()]
 
+    def item_ids_for_events(self, event_ids: Sequence[str]) -> dict[str, int]:
+        """event id -> review item id, for those of `event_ids` that went to review."""
+        t = review_items_table
+        if not event_ids:
+            return {}
+        with storage_errors("could not read the review queue"), self._engine.connect() as conn:
+            rows = conn.execute(select(t.c.event_id, t.c.id).where(t.c.event_id.in_(list(event_ids)[:1000])))
+            return {str(event_id): int(item_id) for event_id, item_id in rows}
+
     def history(self, item_id: int) -> list[ReviewDecision]:
         """Every decision on the item, oldest first."""
         t = review_decisions_table

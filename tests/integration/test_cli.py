@@ -68,7 +68,7 @@ def test_migrate_creates_the_schema_and_is_repeatable(tmp_path: Path) -> None:
     for _ in range(2):
         result = moderation("migrate", env={"MODERATION_DATABASE__URL": url})
         assert result.returncode == 0, result.stderr
-        assert "schema at revision 0005" in result.stdout
+        assert "schema at revision 0006" in result.stdout
     assert VerdictStore(create_engine_for(url)).count() == 0
 
 
@@ -208,7 +208,8 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path, test_model_dir: Path) 
     assert "11/11 events have a verdict; 4 flagged, 4 review messages" in result.stdout
     # Then the README's next step: the console on the demo's database, as the demo's last lines say.
     export = next(line for line in result.stdout.splitlines() if line.strip().startswith("export "))
-    variables = dict(shlex.split(export.strip())[i].split("=", 1) for i in range(1, 3))
+    variables = dict(word.split("=", 1) for word in shlex.split(export.strip())[1:])
+    assert set(variables) == {"MODERATION_DATA_DIR", "MODERATION_POLICY__PATH", "MODERATION_MODEL__NAME_OR_PATH"}
     added = subprocess.run(
         [sys.executable, "-m", "consumers.cli", "console", "user", "add", "me", "--role", "lead", "--password-stdin"],
         input="a long enough password\n", capture_output=True, text=True, cwd=REPO, timeout=60,

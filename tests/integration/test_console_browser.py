@@ -60,7 +60,7 @@ def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (900, 600)) -> by
 
 
 @pytest.fixture
-def console(broker, tmp_path: Path, sqlite_url: str) -> Iterator[Console]:  # noqa: ANN001 - the session broker
+def console(broker, tmp_path: Path, sqlite_url: str, test_model_dir: Path) -> Iterator[Console]:  # noqa: ANN001
     upgrade(sqlite_url)
     tag = secrets.token_hex(4)
     settings = Settings(
@@ -68,8 +68,9 @@ def console(broker, tmp_path: Path, sqlite_url: str) -> Iterator[Console]:  # no
         database={"url": sqlite_url},
         kafka={"bootstrap_servers": broker.bootstrap_servers, "decisions_topic": f"decisions-{tag}"},
         media={"directory": str(tmp_path / "media")},
-        console={"host": "127.0.0.1", "port": 0, "ops_port": 0},
+        console={"host": "127.0.0.1", "port": 0, "ops_port": 0, "search_refresh_s": 0},
         policy={"path": str(REPO / "policies" / "default.yaml")},
+        model={"name_or_path": str(test_model_dir), "device": "cpu"},  # search embeds queries with it
     )
     engine = create_engine_for(sqlite_url)
     listening: list[tuple[int, int]] = []
@@ -274,4 +275,47 @@ def test_the_blur_preference_is_remembered_and_the_stats_page_shows_the_queue(co
     page.goto(f"{console.url}/stats")
     assert "violent" in page.inner_text("#pending")
     shot(page, "console-stats.png")
+    context.close()
+
+
+def test_a_reviewer_searches_by_text_and_then_for_more_like_a_hit(console: Console, chromium, scorer) -> None:  # noqa: ANN001
+    from moderation.moderator import Moderator
+    from moderation.policy import parse_policy
+    from moderation.settings import ImageSettings
+    from tests.support.events import event
+    from tests.support.images import png
+    from tests.support.policies import colour_policy
+
+    console.accounts.add("alice", PASSWORD, Role.REVIEWER, by="test")
+    images = {f"{colour}-{i}": png(colour, i) for colour in ("red", "yellow", "blue", "green") for i in range(3)}
+    moderator = Moderator(scorer, parse_policy(colour_policy("live-1")), ImageSettings(), loader_threads=2)
+    try:  # real verdicts with their embeddings; the flagged ones (red, yellow) with reviewer copies
+        verdicts = moderator.moderate([event(name, data) for name, data in images.items()])
+    finally:
+        moderator.close()
+    seed(console, *((v, images[v.event_id] if v.flagged else None) for v in verdicts))
+    context, page = log_in(chromium, console, "alice")
+    page.wait_for_url("**/items/*")
+    page.click("nav >> text=Search")
+    page.wait_for_url("**/search")
+    deadline = time.monotonic() + 60
+    while True:  # the index is built in the background when the console starts
+        page.fill("#q", "a red picture")
+        page.press("#q", "Enter")
+        page.wait_for_load_state()
+        if page.locator("#hits").count() or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(500)
+    rows = page.locator("#hits tbody tr")
+    assert rows.count() == 12
+    first = [rows.nth(i).locator(".content-id").inner_text() for i in range(3)]
+    assert all(content.startswith("content-red-") for content in first), first
+    thumb = rows.nth(0).locator("figure.media img")
+    thumb.wait_for()
+    assert "blur" in page.evaluate("(img) => getComputedStyle(img).filter", thumb.element_handle())
+    shot(page, "console-search.png")
+    rows.nth(0).locator("text=more like this").click()
+    page.wait_for_url("**/search?like=*")
+    assert page.locator("#hits tbody tr").nth(0).locator(".content-id").inner_text() == first[0]
+    assert "images like" in page.inner_text("#search-summary")
     context.close()

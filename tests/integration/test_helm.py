@@ -1067,8 +1067,17 @@ def test_console_deployment_runs_the_console_with_probes_on_the_ops_port() -> No
     assert mounts["/tmp"]["name"] == "tmp" and mounts[POLICY_DIR] == {
         "name": "policies", "mountPath": POLICY_DIR, "readOnly": True
     }
-    assert VALUES["model"]["cache"]["mountPath"] not in mounts  # no model here
+    # Search embeds queries with the workers' model: the same volume, read-only; without search, no model.
+    assert VALUES["console"]["search"]["enabled"] is True and literal["MODERATION_CONSOLE__SEARCH"] == "true"
+    assert mounts[VALUES["model"]["cache"]["mountPath"]] == {
+        "name": "model-cache", "mountPath": VALUES["model"]["cache"]["mountPath"], "readOnly": True
+    }
     volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    worker_volumes = {volume["name"]: volume for volume in workers["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model-cache"] == worker_volumes["model-cache"]
+    no_search = _console(DEFAULTS, console={"search": {"enabled": False, "refreshSeconds": 30}})
+    assert "model-cache" not in {v["name"] for v in no_search["spec"]["template"]["spec"]["volumes"]}
+    assert _literal_env(_container(no_search))["MODERATION_CONSOLE__SEARCH"] == "false"
     assert "emptyDir" in volumes["tmp"] and volumes["policies"]["configMap"]["name"] == f"{FULLNAME}-policies"
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
     text = (TEMPLATES / "deployment-console.yaml").read_text()

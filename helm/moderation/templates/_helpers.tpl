@@ -298,6 +298,31 @@ The console's own settings, only in its container (added by moderation.env with 
   value: {{ .Values.console.identityHeader | quote }}
 - name: MODERATION_CONSOLE__LOGIN_ATTEMPTS_PER_MINUTE
   value: {{ .Values.console.loginAttemptsPerMinute | int64 | quote }}
+- name: MODERATION_CONSOLE__SEARCH
+  value: {{ .Values.console.search.enabled | quote }}
+- name: MODERATION_CONSOLE__SEARCH_REFRESH_S
+  value: {{ .Values.console.search.refreshSeconds | quote }}
+{{- end }}
+
+{{/*
+The model volume (model.cache), for the pods that load the model: workers, and the console when it searches.
+*/}}
+{{- define "moderation.modelVolume" -}}
+- name: model-cache
+  {{- if eq .Values.model.cache.type "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.model.cache.existingClaim }}
+    readOnly: {{ .Values.model.cache.readOnly }}
+  {{- else if eq .Values.model.cache.type "hostPath" }}
+  hostPath:
+    path: {{ .Values.model.cache.hostPath }}
+    type: Directory
+  {{- else }}
+  emptyDir:
+    {{- if .Values.model.cache.sizeLimit }}
+    sizeLimit: {{ .Values.model.cache.sizeLimit }}
+    {{- end }}
+  {{- end }}
 {{- end }}
 
 {{/*
