@@ -65,6 +65,7 @@ from moderation.storage.api_reads import MAX_COUNT_ROWS, ApiReads, DecisionFilte
 from moderation.storage.api_tokens import ApiTokens, Scope
 from moderation.storage.policies import PolicyStore
 from moderation.storage.review_queue import ItemFilter
+from moderation.storage.review_reads import MAX_HISTORY
 from moderation.verdict import Verdict, VerdictStatus
 
 PREFIX = "/api/v1"
@@ -317,10 +318,10 @@ def create_api(context: Any) -> FastAPI:
 
     @api.get("/content/{content_id}", response_model=ContentHistory, summary="One content id's whole history")
     def content(who: Reader, content_id: Annotated[str, Path(max_length=255)]) -> ContentHistory:
-        history = context.reads.verdicts_of(content_id)
+        ids = reads.verdicts(VerdictFilter(content_id=content_id), limit=MAX_HISTORY)
+        history = [v for _, v in ids]
         if not history:
             raise ApiError(404, f"no verdict for content {content_id!r}")
-        ids = reads.verdicts(VerdictFilter(content_id=content_id), limit=len(history))
         shadows = [s for v in history[:20] for s in context.reads.shadows_of(v.event_id)]
         items = [item for v in history if (item := context.queue.item_for_event(v.event_id)) is not None]
         decisions = reads.decisions_of_content(content_id)
