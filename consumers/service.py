@@ -42,6 +42,7 @@ def build_moderator(
     book = files.book
     for policy in book.every_policy():
         scorer.policy_text(policy)
+    files.vet_with(scorer.policy_text)  # an edit this model cannot score (another model's head) is refused
     log.info(
         "model and policies loaded", model=scorer.model_name, model_id=scorer.model_id,
         device=str(scorer.device), precision=scorer.precision,

@@ -28,6 +28,10 @@ class PolicyText:
     prompts: list[str]  # row i of prompt_embeddings
     prompt_category: torch.Tensor  # [n_prompts], long: the category (policy order) of each prompt
     logit_scale: float  # CLIP's learned temperature, exp(logit_scale)
+    # Trained heads (moderation/heads.py), stacked: row k scores category column head_columns[k].
+    head_weights: torch.Tensor | None = None  # [n_heads, dim] float32
+    head_bias: torch.Tensor | None = None  # [n_heads] float32
+    head_columns: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ def score_embeddings(embeddings: torch.Tensor, text: PolicyText, policy: Policy)
         scores = scores.scatter_reduce(1, index, prompt_similarity, reduce="amax", include_self=True)
     else:
         scores = (text.logit_scale * embeddings @ text.category_embeddings.T).softmax(dim=-1)
+    if text.head_weights is not None and text.head_bias is not None:
+        # A trained head's calibrated probability replaces the category's zero-shot score; one small
+        # matrix product for all heads (a few hundred multiply-adds per image per head).
+        scores[:, list(text.head_columns)] = torch.sigmoid(embeddings @ text.head_weights.T + text.head_bias)
     return EmbeddingScores(scores.float(), best_prompt, best_similarity.float())
 
 

@@ -37,7 +37,7 @@ from moderation.checkpoints import (
     resolve_checkpoint,
     resolve_device,
 )
-from moderation.exceptions import ConfigurationError
+from moderation.exceptions import ConfigurationError, PolicyError
 from moderation.gpu_decode import GpuJpegDecoder, gpu_decoder
 from moderation.policy import LoadedPolicy
 from moderation.preprocess import PreprocessSpec
@@ -225,6 +225,7 @@ class ClipScorer:
             prompts=prompts,
             prompt_category=torch.tensor(owners, dtype=torch.long, device=prompt_embeddings.device),
             logit_scale=float(self.model.logit_scale.detach().float().exp()),
+            **self._heads(policy, prompt_embeddings.shape[1], prompt_embeddings.device),
         )
         with self._lock:
             # Another thread may have computed it meanwhile; keep one, so callers see a stable object.
@@ -233,6 +234,31 @@ class ClipScorer:
             while len(self._policies) > self._policy_cache_size:
                 self._policies.popitem(last=False)
         return text
+
+    def _heads(self, policy: LoadedPolicy, dim: int, device: torch.device) -> dict[str, Any]:
+        """The policy's trained heads stacked for scoring, refused (PolicyError) when they were trained on
+        another checkpoint's embeddings or were not read with the policy."""
+        if not policy.heads_loaded:
+            raise PolicyError(policy.path, [("categories", "its trained heads were not read with it: load the "
+                                             "policy from its file, next to its head files")])
+        if not policy.heads:
+            return {}
+        names = policy.policy.category_names
+        problems = []
+        for name, head in policy.heads.items():
+            if head.model_id not in self.stored_model_ids:
+                problems.append((f"categories.{name}.head", f"trained on embeddings of model {head.model_id}, "
+                                 f"but this is model {self.model_id} ({self.model_name}): train it again here"))
+            elif head.dim != dim:
+                problems.append((f"categories.{name}.head", f"{head.dim} wide, the model's embeddings {dim}"))
+        if problems:
+            raise PolicyError(policy.path, problems)
+        ordered = list(policy.heads.items())
+        return {
+            "head_weights": torch.from_numpy(np.stack([h.weight for _, h in ordered])).to(device),
+            "head_bias": torch.tensor([h.bias for _, h in ordered], dtype=torch.float32, device=device),
+            "head_columns": tuple(names.index(name) for name, _ in ordered),
+        }
 
     def keep_policies(self, count: int) -> None:
         """Keep the text embeddings of at least `count` policies (plus room for a rollout), so a book with

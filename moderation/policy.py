@@ -11,6 +11,13 @@ the policy's `scoring` mode:
   is scored alone, as the highest cosine similarity between the image and any of its prompts, against
   its own threshold; adding or removing a category changes no other category's score.
 
+An unsafe category may instead be scored by a trained `head` (moderation/heads.py): a small file next to
+the policy, pinned by its sha256, that turns the image embedding into a calibrated probability of the
+category, learned from reviewers' labels (`moderation policy train`). The head's sha256 is part of the
+policy's hash (its path is not: moving the file changes nothing it decides); its prompts stay the head's
+starting point and explain verdicts. A head scores its category in any mode, so under softmax its score
+is no longer part of the softmax: it is its own probability against its own threshold.
+
 An unsafe category may set `uncertain_margin`: scores within that distance of its threshold are neither
 allowed nor acted on but sent to review marked *uncertain*. A policy may also list golden `examples`
 (image paths with the verdict they must get), which `moderation policy check` runs; they are not part
@@ -21,15 +28,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from moderation.exceptions import PolicyError
+
+if TYPE_CHECKING:  # heads import torch; a policy file is validated without it
+    from moderation.heads import Head
 
 CategoryName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 # Prompts and versions are stored with verdicts: no NUL, which PostgreSQL text cannot hold.
@@ -45,6 +56,18 @@ class Action(str, Enum):
     ESCALATE = "escalate"
 
 
+Sha256 = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class HeadRef(BaseModel):
+    """Where a category's trained head lies (relative to the policy file) and the sha256 it must have."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500, pattern=r"^[^\x00]+$")]
+    sha256: Sha256
+
+
 class Category(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -57,6 +80,7 @@ class Category(BaseModel):
     # near this category gets no reviewer copy of its image: reviewers see scores, hashes and metadata.
     keep_media: bool = True
     description: str = ""
+    head: HeadRef | None = None  # a trained head scores this category (unsafe categories only)
 
     @model_validator(mode="after")
     def _threshold_and_action_together(self) -> Category:
@@ -68,6 +92,8 @@ class Category(BaseModel):
             raise ValueError("'allow' is not an action for an unsafe category (leave out threshold and action)")
         if len(set(self.prompts)) != len(self.prompts):
             raise ValueError("prompts must be unique within a category")
+        if self.head is not None and self.threshold is None:
+            raise ValueError("'head' scores an unsafe category against its threshold: a safe category has none")
         return self
 
     @property
@@ -151,6 +177,10 @@ class LoadedPolicy:
     path: str
     sha256: str
     text: str = field(default="", compare=False, repr=False)  # the YAML as read: what the database keeps
+    # category -> its trained head, read and checked against the pinned sha256; empty when the policy has
+    # none, or when it was parsed without its files (a stored policy: `heads_loaded` is then False).
+    heads: Mapping[str, Head] = field(default_factory=dict, compare=False, repr=False)
+    heads_loaded: bool = field(default=True, compare=False)
 
     @property
     def version(self) -> str:
@@ -165,7 +195,11 @@ def policy_meaning(policy: Policy) -> dict[str, object]:
     """What a policy decides, as plain data: golden examples are left out, so adding a test case does not
     look like a policy change; so are fields at their defaults, so a new optional field does not change
     the hash of every existing policy."""
-    return policy.model_dump(mode="json", exclude={"examples"}, exclude_defaults=True)
+    meaning = policy.model_dump(mode="json", exclude={"examples"}, exclude_defaults=True)
+    for category in meaning["categories"].values():
+        if "head" in category:
+            category["head"] = {"sha256": category["head"]["sha256"]}  # what it decides, not where it lies
+    return meaning
 
 
 def policy_hash(policy: Policy) -> str:
@@ -190,8 +224,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def parse_policy(text: str, path: str = "<policy>") -> LoadedPolicy:
-    """Validate YAML text; raise `PolicyError` naming the file, each bad field and its problem."""
+def parse_policy(text: str, path: str = "<policy>", *, head_dir: Path | None = None) -> LoadedPolicy:
+    """Validate YAML text; raise `PolicyError` naming the file, each bad field and its problem.
+
+    Head files are read from `head_dir` (relative `file` paths; a policy file's own directory) and checked
+    against their pinned sha256; without `head_dir` a policy with heads is parsed but cannot score
+    (`heads_loaded` False), as a stored policy's text is read back for display."""
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -207,7 +245,33 @@ def parse_policy(text: str, path: str = "<policy>") -> LoadedPolicy:
             (".".join(str(part) for part in err["loc"]) or "(policy)", err["msg"]) for err in exc.errors()
         ]
         raise PolicyError(path, problems) from exc
-    return LoadedPolicy(policy=policy, path=path, sha256=policy_hash(policy), text=text)
+    wanted = {name: c.head for name, c in policy.categories.items() if c.head is not None}
+    heads = _load_heads(wanted, head_dir, path) if wanted and head_dir is not None else {}
+    return LoadedPolicy(
+        policy=policy, path=path, sha256=policy_hash(policy), text=text, heads=heads,
+        heads_loaded=not wanted or head_dir is not None,
+    )
+
+
+def _load_heads(wanted: Mapping[str, HeadRef], head_dir: Path, path: str) -> dict[str, Head]:
+    """Each category's head file, checked against its pin; every problem reported at once."""
+    from moderation.heads import HeadError, load_head
+
+    heads: dict[str, Head] = {}
+    problems: list[tuple[str, str]] = []
+    for name, ref in wanted.items():
+        try:
+            head = load_head(head_dir / ref.file, ref.sha256)
+        except HeadError as exc:
+            problems.append((f"categories.{name}.head", str(exc)))
+            continue
+        if head.category and head.category != name:
+            problems.append((f"categories.{name}.head", f"{ref.file} is the head of category {head.category!r}"))
+            continue
+        heads[name] = head
+    if problems:
+        raise PolicyError(path, problems)
+    return heads
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:
@@ -217,4 +281,4 @@ def load_policy(path: str | Path) -> LoadedPolicy:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(str(path), [("(file)", f"cannot be read: {exc}")]) from exc
-    return parse_policy(text, str(path))
+    return parse_policy(text, str(path), head_dir=path.parent)

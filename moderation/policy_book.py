@@ -75,6 +75,12 @@ class PolicyFiles:
             self._loaded[path] = load_policy(path)
         self._checked_at = self._clock()
         self.book = self._build()
+        self._vet: Callable[[LoadedPolicy], object] | None = None
+
+    def vet_with(self, vet: Callable[[LoadedPolicy], object]) -> None:
+        """Also refuse an edit that `vet` raises PolicyError for: what only the model can check (trained
+        heads of another checkpoint); the scorer's `policy_text`, which also warms the text side."""
+        self._vet = vet
 
     @property
     def paths(self) -> list[str]:
@@ -96,6 +102,8 @@ class PolicyFiles:
             self._seen[path] = signature
             try:
                 loaded = load_policy(path)
+                if self._vet is not None:
+                    self._vet(loaded)
             except PolicyError as exc:
                 refused.append(exc)
                 continue

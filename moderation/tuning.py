@@ -27,7 +27,7 @@ from moderation.category_scores import PolicyText, score_embeddings
 from moderation.exceptions import ModerationError
 from moderation.policy import LoadedPolicy
 
-_NEGATIVE_LABELS = {"", "none", "safe", "clean", "allow"}
+NEGATIVE_LABELS = {"", "none", "safe", "clean", "allow"}
 _MIN_THRESHOLD = 1e-6  # a policy threshold must be above zero
 _MAX_DECIMALS = 12  # beyond this a float64 score difference is noise; print `1 - 3e-13` instead
 
@@ -102,7 +102,7 @@ def load_labels(path: Path) -> list[LabelledItem]:
         raw = record.get("categories", record.get("category", ""))
         names = raw if isinstance(raw, list) else str(raw or "").split(";")
         labels = (str(n).strip().lower() for n in names)
-        categories = frozenset(label for label in labels if label not in _NEGATIVE_LABELS)
+        categories = frozenset(label for label in labels if label not in NEGATIVE_LABELS)
         if record.get("content_id"):
             items.append(LabelledItem(categories, content_id=str(record["content_id"])))
         elif record.get("image"):

@@ -4,6 +4,7 @@ group and `check`.
 - check: validate files and run their golden examples (the policy's own regression tests), here;
 - backtest and shadow-report: what a candidate would change on stored or live traffic (`backtest.py`);
 - tune: per-category thresholds for a target precision or recall from labelled examples (`tune.py`);
+- train: trained heads for unsafe categories from labels, with a report and a policy draft (`train.py`);
 - precision: what reviewers said of the flags (`outcomes.py`, with the reviewers' decisions).
 """
 
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from consumers.commands import backtest, tune
+from consumers.commands import backtest, train, tune
 from consumers.commands.checkpoint import LazyScorer
 from consumers.errors import ExitCode
 from consumers.settings import Settings
@@ -53,7 +54,13 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
                 rule = f"threshold {category.threshold:.2f} -> {category.action.value}"
                 if category.uncertain_margin:
                     rule += f", uncertain within {category.uncertain_margin:.2f}"
+            if category.head is not None:
+                rule += f", scored by trained head {category.head.file}"
             print(f"  {name:<16} {len(category.prompts):>3} prompts  {rule}")
+        problem = _head_model_problem(loaded, settings, args.model)
+        if problem:
+            print(f"{loaded.path}: {problem}", file=sys.stderr)
+            status = ExitCode.FAILED
         if not policy.examples or args.skip_examples:
             continue
         try:
@@ -75,6 +82,28 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     for warning in _version_warnings(checked, settings):
         print(f"WARNING: {warning}", file=sys.stderr)
     return status
+
+
+def _head_model_problem(loaded: LoadedPolicy, settings: Settings, model: str | None) -> str | None:
+    """A head trained on another checkpoint's embeddings would be refused by every worker running this
+    one: say so here. The checkpoint's id is a hash of its files (no model load); a checkpoint that is not
+    on this machine cannot be compared, which is only a note."""
+    if not loaded.heads:
+        return None
+    from moderation.checkpoints import checkpoint_id, resolve_checkpoint
+
+    name = model or settings.model.name_or_path
+    try:
+        model_id = checkpoint_id(resolve_checkpoint(name))
+    except ModerationError:
+        print(f"note: checkpoint {name} is not here: its trained heads were not compared with it", file=sys.stderr)
+        return None
+    wrong = [f"{category} (trained on {head.model_id})" for category, head in loaded.heads.items()
+             if head.model_id != model_id]
+    if not wrong:
+        return None
+    return (f"trained heads of another model: {', '.join(wrong)}; checkpoint {name} is {model_id}. "
+            "Train them again on this model (moderation policy train)")
 
 
 def _version_warnings(policies: list[LoadedPolicy], settings: Settings) -> list[str]:
@@ -134,4 +163,5 @@ def register(commands: Any) -> Any:
     check.set_defaults(handler=cmd_check)
     backtest.register(policy_commands)
     tune.register(policy_commands)
+    train.register(policy_commands)
     return policy_commands

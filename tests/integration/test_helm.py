@@ -782,6 +782,46 @@ def test_policy_configmap_is_mounted_data() -> None:
         assert configmap["data"] == value_set.values["policies"]["files"], name
 
 
+
+def test_trained_heads_are_mounted_beside_the_policies_that_pin_them(tmp_path: Path) -> None:
+    import base64
+
+    import numpy as np
+
+    from moderation.heads import Head
+    from moderation.policy import load_policy
+
+    weight = np.linspace(-1, 1, 8, dtype=np.float32)
+    digest = Head("nsfw", "sha256:m", weight, 0.25, weight).save(tmp_path / "nsfw-1.safetensors")
+    encoded = base64.b64encode((tmp_path / "nsfw-1.safetensors").read_bytes()).decode()
+    pin = f"    head: {{file: heads/nsfw-1.safetensors, sha256: {digest}}}\n"
+    shipped = (REPO / "policies" / "default.yaml").read_text()
+    policy = shipped.replace("    threshold: 0.55\n", "    threshold: 0.55\n" + pin)
+    assert "head:" in policy
+    overrides = {"policies": {"files": {"default.yaml": policy}, "heads": {"nsfw-1.safetensors": encoded}}}
+    rendered = _by_template(DEFAULTS, **overrides)
+    configmap = rendered["configmap-policies.yaml"]
+    assert configmap["binaryData"] == {"nsfw-1.safetensors": encoded}
+    for template in ("deployment.yaml", "deployment-console.yaml"):
+        volumes = {v["name"]: v for v in rendered[template]["spec"]["template"]["spec"]["volumes"]}
+        items = {item["key"]: item["path"] for item in volumes["policies"]["configMap"]["items"]}
+        assert items == {"default.yaml": "default.yaml", "nsfw-1.safetensors": "heads/nsfw-1.safetensors"}, template
+    # Projected as the kubelet would, the policy loads with its head checked against the pin.
+    mounted = tmp_path / "mounted"
+    (mounted / "heads").mkdir(parents=True)
+    (mounted / "default.yaml").write_text(configmap["data"]["default.yaml"])
+    head_bytes = base64.b64decode(configmap["binaryData"]["nsfw-1.safetensors"])
+    (mounted / "heads" / "nsfw-1.safetensors").write_bytes(head_bytes)
+    assert set(load_policy(mounted / "default.yaml").heads) == {"nsfw"}
+    # A new head rolls the pods like a policy edit; a name that is no head file is refused.
+    other = {"policies": {"heads": {"nsfw-1.safetensors": base64.b64encode(b"other").decode()}}}
+    annotation = "checksum/policies"
+    before = _workers(DEFAULTS, **overrides)["spec"]["template"]["metadata"]["annotations"][annotation]
+    after = _workers(DEFAULTS, **_merge(overrides, other))["spec"]["template"]["metadata"]["annotations"][annotation]
+    assert before != after
+    assert "heads" in render_fails(overrides={**DEFAULTS.overrides, "policies": {"heads": {"nsfw.bin": encoded}}})
+
+
 HELPERS = (TEMPLATES / "_helpers.tpl").read_text()
 # `- name: MODERATION_X` / `value: {{ .Values.a.b | ... }}` pairs of the shared environment.
 ENV_FROM_VALUES = {

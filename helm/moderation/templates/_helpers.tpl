@@ -349,3 +349,24 @@ characters (63 for most names, 52 for a CronJob). Called with (dict "root" $ "su
 {{- $room := sub (int .max) (add1 (len .suffix)) }}
 {{- printf "%s-%s" (include "moderation.fullname" .root | trunc (int $room) | trimSuffix "-") .suffix }}
 {{- end }}
+
+{{/*
+The policies volume: the policy files at the top, trained heads under heads/ (a ConfigMap key cannot hold a
+slash, so the heads are projected there by `items`).
+*/}}
+{{- define "moderation.policiesVolume" -}}
+- name: policies
+  configMap:
+    name: {{ include "moderation.fullname" . }}-policies
+    {{- if .Values.policies.heads }}
+    items:
+      {{- range $name, $_ := .Values.policies.files }}
+      - key: {{ $name }}
+        path: {{ $name }}
+      {{- end }}
+      {{- range $name, $_ := .Values.policies.heads }}
+      - key: {{ $name }}
+        path: heads/{{ $name }}
+      {{- end }}
+    {{- end }}
+{{- end }}
