@@ -149,14 +149,12 @@ def load_parts(name_or_path: str) -> tuple[PreTrainedModel, Any, Any]:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
             processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
     except ImportError as exc:  # SigLIP's sentencepiece tokenizer without the sentencepiece package
-        raise ConfigurationError(f"cannot load the tokenizer or processor of {source!r}: {exc}") from exc
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        if "sentencepiece" in reason.lower():
+            reason = "its tokenizer needs the sentencepiece package, which is not installed (pip install sentencepiece)"
+        raise ConfigurationError(f"cannot load {source!r}: {reason}") from exc
     except (OSError, ValueError) as exc:  # e.g. weights or tokenizer files missing from the checkpoint
         raise _not_found(name_or_path, f"incomplete checkpoint in {source!r}: {exc}") from exc
-    if tokenizer is None:  # the Auto class found no tokenizer class usable here (a missing backend)
-        raise ConfigurationError(
-            f"no usable tokenizer for {source!r}: SigLIP checkpoints need the sentencepiece package "
-            "(pip install sentencepiece)"
-        )
     return model, tokenizer, processor
 
 

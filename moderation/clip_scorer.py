@@ -146,7 +146,9 @@ class ClipScorer:
         compile: bool = False,
         gpu_decode: bool = False,
     ) -> ClipScorer:
-        """Load a local checkpoint directory or a hub id already in the local HF cache; never downloads.
+        """Load a local checkpoint directory, a hub id already in the local HF cache, or an OpenAI `.pt`
+        (converted once, see moderation/openai_clip.py); never downloads. CLIP, SigLIP or SigLIP 2, by
+        the checkpoint's `model_type` (moderation/model_families.py).
 
         `device`: "auto" (CUDA when available, else CPU), "cpu" or "cuda[:N]"; CUDA runs fp16 weights
         and SDPA attention. `cpu_mode="int8"`: dynamic int8 quantisation of the image tower's linear
@@ -159,7 +161,8 @@ class ClipScorer:
         hub id of the same checkpoint); `model_name` is `name_or_path` as given.
 
         Raises `ModelNotFoundError` when the checkpoint is not on disk, `ConfigurationError` for a bad
-        device or cpu_mode, or an image processor `PreprocessSpec` cannot reproduce.
+        device or cpu_mode, a model_type no family runs, or an image processor `PreprocessSpec` cannot
+        reproduce (SigLIP 2 NaFlex).
         """
         torch_device = resolve_device(device)
         model, tokenizer, processor = load_parts(name_or_path)

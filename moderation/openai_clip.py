@@ -290,7 +290,10 @@ def convert_openai_checkpoint(
                                 config.text_config.max_position_embeddings)
         _check_tokenizer(work, config)
         _write_preprocessor_config(work, vision.image_size)
-        work.chmod(0o755)  # mkdtemp makes it owner-only; a shared cache should be readable
+        # mkdtemp (and safetensors' writer) create owner-only files; a shared cache should be readable.
+        work.chmod(0o755)
+        for path in work.iterdir():
+            path.chmod(0o644)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         work.rename(out_dir)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +164,18 @@ def test_siglip2_naflex_loads_as_siglip2_but_is_refused_by_the_scorer(tmp_path: 
         assert pooled_embeddings(model.get_text_features(**ids)).shape == (1, WIDTH)
     with pytest.raises(ConfigurationError, match="NaFlex preprocessing .* not supported.*fixed-resolution"):
         ClipScorer.load(str(directory), device="cpu")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sentencepiece") is not None, reason="sentencepiece is installed")
+def test_a_sentencepiece_tokenizer_without_sentencepiece_is_one_clear_line(siglip_dir: Path, tmp_path: Path) -> None:
+    for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
+        shutil.copyfile(siglip_dir / name, tmp_path / name)
+    # What a real SigLIP checkpoint ships: SiglipTokenizer over a sentencepiece model.
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "SiglipTokenizer"}))
+    (tmp_path / "spiece.model").write_bytes(b"")
+    with pytest.raises(ConfigurationError) as raised:
+        ClipScorer.load(str(tmp_path), device="cpu")
+    assert "needs the sentencepiece package" in str(raised.value) and "\n" not in str(raised.value)
 
 
 def test_an_unsupported_model_type_is_named(siglip_dir: Path, tmp_path: Path) -> None:
