@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from moderation.exceptions import ConfigurationError
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+log = logging.getLogger(__name__)
 _OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 # Not weights: OpenAI's TorchScript models carry these as integer entries beside them.
@@ -339,7 +341,8 @@ def converted_checkpoint(source: Path, cache_dir: Path | None = None) -> Path:
             f"once with `moderation model convert {source} DIR --tokenizer HF_TOKENIZER_DIR` and load DIR"
         )
     try:
-        return convert_openai_checkpoint(source, target, bpe_path=bpe)
+        # Seconds for ViT-B/32, tens of seconds for ViT-L/14: once per file and machine, so say so.
+        return convert_openai_checkpoint(source, target, bpe_path=bpe, progress=log.info)
     except (ConfigurationError, OSError):
         if (target / "config.json").is_file():  # a concurrent load converted it first
             return target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import shutil
 from pathlib import Path
@@ -15,10 +16,13 @@ from PIL import Image
 from moderation.checkpoints import load_parts
 from moderation.clip_scorer import ClipScorer, pooled_embeddings
 from moderation.exceptions import ConfigurationError
+from moderation.images import load_bytes
 from moderation.policy import LoadedPolicy, parse_policy
-from moderation.preprocess import to_pixels
+from moderation.preprocess import PreprocessSpec, to_pixels
+from moderation.settings import ImageSettings
 from moderation.testmodel import make_colour_image
 from moderation.testmodels_families import LOGIT_BIAS, LOGIT_SCALE, TEXT_LENGTH, WIDTH, build_family_test_model
+from tests.support.images import photo
 
 SIGMOID = parse_policy(
     'version: "s1"\nscoring: sigmoid\ncategories:\n'
@@ -58,6 +62,20 @@ def test_a_siglip_checkpoint_loads_as_siglip(siglip: ClipScorer) -> None:
     assert siglip.preprocess_spec.mean == (0.5, 0.5, 0.5)
 
 
+@pytest.mark.parametrize("size", [(500, 300), (300, 500), (224, 224), (97, 131)])
+def test_the_fast_preprocessing_reproduces_siglips_processor(size: tuple[int, int]) -> None:
+    """google/siglip-base-patch16-224's processor settings: 224x224 bicubic squash, mean and std 0.5."""
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    processor = SiglipImageProcessorPil(size={"height": 224, "width": 224}, resample=3)
+    spec = PreprocessSpec.from_processor(processor)
+    assert (spec.resize_to, spec.crop_size, spec.mean, spec.std) == ((224, 224), (224, 224), (0.5,) * 3, (0.5,) * 3)
+    image = photo(size, seed=sum(size))
+    reference = processor(images=[image], return_tensors="np")["pixel_values"][0]
+    grey_levels = np.abs(to_pixels(image, spec) - reference) * 255 * 0.5
+    assert grey_levels.max() <= 1.01 and grey_levels.mean() < 0.1
+
+
 def test_siglip_text_is_padded_to_its_full_length_without_a_mask(siglip: ClipScorer) -> None:
     tokens = siglip.tokenize(["a red picture", "ab"])
     assert set(tokens) == {"input_ids"}
@@ -75,6 +93,23 @@ def test_siglip_embeddings_are_normalised_and_as_wide_as_the_model(siglip: ClipS
     assert (fast * reference).sum(dim=-1).min() > 0.999  # the fast preprocessing matches SigLIP's processor
     assert siglip.pixel_embeddings([]).shape == (0, WIDTH)
     assert siglip.text_embeddings(["a red picture"]).shape == (1, WIDTH)
+
+
+def test_the_workers_path_scores_siglip_as_the_reference_does(siglip: ClipScorer) -> None:
+    """JPEG bytes through the loaders' decode (with its draft) and preprocessing, then `score_pixels`."""
+    images = pictures()
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    pixels = [load_bytes(data, ImageSettings(), siglip.preprocess_spec).pixels for data in encoded]
+    live = siglip.score_pixels(pixels, SIGMOID)
+    reference = siglip.score([Image.open(io.BytesIO(data)).convert("RGB") for data in encoded], SIGMOID)
+    for got, expected in zip(live, reference, strict=True):
+        assert got.best_prompt == expected.best_prompt
+        for name, value in expected.probabilities.items():
+            assert got.probabilities[name] == pytest.approx(value, abs=0.01)
 
 
 def test_sigmoid_scores_are_siglips_own_probabilities(siglip: ClipScorer, siglip_dir: Path) -> None:
