@@ -14,6 +14,8 @@ from consumers.settings import Settings
 def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     from moderation.openai_clip import convert_openai_checkpoint
 
+    if not args.source.is_file():  # like `produce` with a missing image: the command line is wrong
+        raise CommandError.user(f"{args.source}: no such file")
     if args.tokenizer is None and args.bpe is None:
         raise CommandError.user(
             "the .pt holds no tokenizer: give --tokenizer DIR (a Hugging Face CLIP tokenizer directory) "
@@ -38,8 +40,8 @@ def register(commands: Any) -> None:
     )
     convert.add_argument("out", type=Path, metavar="OUT_DIR", help="the checkpoint directory to write (new or empty)")
     tokenizer = convert.add_mutually_exclusive_group()
-    tokenizer.add_argument("--tokenizer", type=Path, default=None, help="a Hugging Face CLIP tokenizer directory")
+    tokenizer.add_argument("--tokenizer", type=Path, default=None, metavar="DIR", help="a Hugging Face CLIP tokenizer directory")
     tokenizer.add_argument(
-        "--bpe", type=Path, default=None, help="OpenAI's bpe_simple_vocab_16e6.txt.gz to build the tokenizer from"
+        "--bpe", type=Path, default=None, metavar="FILE", help="OpenAI's bpe_simple_vocab_16e6.txt.gz to build the tokenizer from"
     )
     convert.set_defaults(handler=cmd_convert)

@@ -138,7 +138,7 @@ def test_convert_command(files: dict[str, Path], tmp_path: Path, capsys: pytest.
 @pytest.mark.parametrize(
     ("make_args", "status", "message"),
     [
-        (lambda d, f: [str(d / "missing.pt"), str(d / "o"), "--bpe", str(f["bpe"])], 1, "no such file"),
+        (lambda d, f: [str(d / "missing.pt"), str(d / "o"), "--bpe", str(f["bpe"])], 2, "no such file"),
         (lambda d, f: [str(f["bpe"]), str(d / "o"), "--bpe", str(f["bpe"])], 1, "neither a TorchScript archive"),
         (lambda d, f: [str(f["jit"]), str(d / "o")], 2, "give --tokenizer DIR"),
         (lambda d, f: [str(f["jit"]), str(d), "--bpe", str(f["bpe"])], 1, "not an empty directory"),
