@@ -40,8 +40,11 @@ def register(commands: Any) -> None:
     )
     convert.add_argument("out", type=Path, metavar="OUT_DIR", help="the checkpoint directory to write (new or empty)")
     tokenizer = convert.add_mutually_exclusive_group()
-    tokenizer.add_argument("--tokenizer", type=Path, default=None, metavar="DIR", help="a Hugging Face CLIP tokenizer directory")
     tokenizer.add_argument(
-        "--bpe", type=Path, default=None, metavar="FILE", help="OpenAI's bpe_simple_vocab_16e6.txt.gz to build the tokenizer from"
+        "--tokenizer", type=Path, default=None, metavar="DIR", help="a Hugging Face CLIP tokenizer directory"
+    )
+    tokenizer.add_argument(
+        "--bpe", type=Path, default=None, metavar="FILE",
+        help="OpenAI's bpe_simple_vocab_16e6.txt.gz to build the tokenizer from",
     )
     convert.set_defaults(handler=cmd_convert)
