@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Sequence
 
 from consumers.commands import console, demo, embeddings, media, migrate, outcomes, policy, produce, run, testmodel
+from consumers.commands import model as model_command
 from consumers.commands import search as search_command
 from consumers.commands import settings as settings_command
 from consumers.errors import CommandError, ExitCode
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     console.register(commands)
     settings_command.register(commands)
     testmodel.register(commands)
+    model_command.register(commands)
     produce.register(commands)
     demo.register(commands)
     return parser

@@ -28,6 +28,7 @@ class PolicyText:
     prompts: list[str]  # row i of prompt_embeddings
     prompt_category: torch.Tensor  # [n_prompts], long: the category (policy order) of each prompt
     logit_scale: float  # CLIP's learned temperature, exp(logit_scale)
+    logit_bias: float = 0.0  # SigLIP's learned bias of the sigmoid scores; CLIP has none
     # Trained heads (moderation/heads.py), stacked: row k scores category column head_columns[k].
     head_weights: torch.Tensor | None = None  # [n_heads, dim] float32
     head_bias: torch.Tensor | None = None  # [n_heads] float32
@@ -36,7 +37,7 @@ class PolicyText:
 
 @dataclass(frozen=True)
 class EmbeddingScores:
-    scores: torch.Tensor  # [N, n_categories] float32: probabilities (softmax) or cosines (independent)
+    scores: torch.Tensor  # [N, n_categories] float32: probabilities (softmax, sigmoid) or cosines (independent)
     best_prompt: torch.Tensor  # [N] long: index into PolicyText.prompts of the closest prompt
     best_similarity: torch.Tensor  # [N] float32: its cosine
 
@@ -46,11 +47,13 @@ def score_embeddings(embeddings: torch.Tensor, text: PolicyText, policy: Policy)
     embeddings = embeddings.to(device=text.prompt_embeddings.device, dtype=torch.float32)
     prompt_similarity = embeddings @ text.prompt_embeddings.T  # [N, n_prompts]
     best_similarity, best_prompt = prompt_similarity.max(dim=-1)
-    if policy.scoring == "independent":
+    if policy.scoring in ("independent", "sigmoid"):
         n_categories = text.category_embeddings.shape[0]
         index = text.prompt_category.expand(embeddings.shape[0], -1)
         scores = torch.full((embeddings.shape[0], n_categories), -1.0, device=embeddings.device)
         scores = scores.scatter_reduce(1, index, prompt_similarity, reduce="amax", include_self=True)
+        if policy.scoring == "sigmoid":  # monotonic: the max of the sigmoids is the sigmoid of the max
+            scores = torch.sigmoid(text.logit_scale * scores + text.logit_bias)
     else:
         scores = (text.logit_scale * embeddings @ text.category_embeddings.T).softmax(dim=-1)
     if text.head_weights is not None and text.head_bias is not None:

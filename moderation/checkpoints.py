@@ -1,4 +1,4 @@
-"""Finding and loading a CLIP checkpoint from local disk only, the device it runs on, its int8 variant.
+"""Finding and loading a CLIP or SigLIP checkpoint from local disk only, the device it runs on, its int8 variant.
 
 Models load only from a local directory or the local Hugging Face cache (hub ids are resolved on the
 filesystem, then loaded with `local_files_only=True`): a moderation worker must never stall on, or
@@ -8,6 +8,11 @@ A checkpoint's *identity* (`checkpoint_id`) is a hash of the files that decide i
 not the name it was loaded by: stored embeddings are keyed by it, so a symlink, a copy, another mount
 path or the hub id of the same files all find the same rows, and a changed checkpoint at the same
 path does not.
+
+The model class follows the checkpoint's family (config.json `model_type`, see
+moderation/model_families.py): CLIP, SigLIP or SigLIP 2. An OpenAI `.pt` file (what
+`clip.load("ViT-B/32")` caches) is converted once into a Hugging Face checkpoint in
+~/.cache/moderation/converted/<sha256 of the file> (moderation/openai_clip.py) and loaded from there.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from moderation.exceptions import ConfigurationError, ModelNotFoundError
+from moderation.model_families import family_of, image_tower
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds, and only loading a model needs it
-    from transformers import CLIPModel
+    from transformers import PreTrainedModel
 
 
 @contextmanager
@@ -103,6 +109,10 @@ def _resolve_local(name_or_path: str) -> str:
     """
     if _looks_like_path(name_or_path):
         directory = Path(name_or_path).expanduser()
+        if directory.suffix == ".pt" and directory.is_file():
+            from moderation.openai_clip import converted_checkpoint
+
+            return str(converted_checkpoint(directory))
         if not directory.is_dir():
             raise _not_found(name_or_path, f"no such directory {str(directory)!r}")
     else:
@@ -120,18 +130,29 @@ def _resolve_local(name_or_path: str) -> str:
     return str(directory)
 
 
-def load_parts(name_or_path: str) -> tuple[CLIPModel, Any, Any]:
-    """Model, tokenizer and image processor, from disk only; ModelNotFoundError when they are not there."""
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+def load_parts(name_or_path: str) -> tuple[PreTrainedModel, Any, Any]:
+    """Model, tokenizer and image processor, from disk only; ModelNotFoundError when they are not there.
+
+    The model class is the family's (config.json `model_type`: clip, siglip, siglip2); another type is
+    a `ConfigurationError` naming it and the supported ones.
+    """
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
 
     source = _resolve_local(name_or_path)
-    # SDPA is faster on CPU and GPU; ask for it where this transformers' CLIP supports it.
-    extra = {"attn_implementation": "sdpa"} if getattr(CLIPModel, "_supports_sdpa", False) else {}
+    model_class = getattr(transformers, family_of(Path(source)).model_class)
+    # SDPA is faster on CPU and GPU; ask for it where this transformers' model supports it.
+    extra = {"attn_implementation": "sdpa"} if getattr(model_class, "_supports_sdpa", False) else {}
     try:
         with quiet_progress_bars():
-            model = CLIPModel.from_pretrained(source, local_files_only=True, **extra)
+            model = model_class.from_pretrained(source, local_files_only=True, **extra)
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
             processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
+    except ImportError as exc:  # SigLIP's sentencepiece tokenizer without the sentencepiece package
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        if "sentencepiece" in reason.lower():
+            reason = "its tokenizer needs the sentencepiece package, which is not installed (pip install sentencepiece)"
+        raise ConfigurationError(f"cannot load {source!r}: {reason}") from exc
     except (OSError, ValueError) as exc:  # e.g. weights or tokenizer files missing from the checkpoint
         raise _not_found(name_or_path, f"incomplete checkpoint in {source!r}: {exc}") from exc
     return model, tokenizer, processor
@@ -174,6 +195,14 @@ def checkpoint_id(directory: str | Path) -> str:
     return MODEL_ID_PREFIX + combined.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, hex; computed once per process and (path, size, mtime)."""
+    try:
+        return _file_digest(path)
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+
+
 def _file_digest(path: Path) -> str:
     real = os.path.realpath(path)
     stat = os.stat(real)
@@ -198,21 +227,24 @@ def legacy_model_ids(name_or_path: str, directory: Path, model_id: str) -> tuple
     return tuple(name for name in dict.fromkeys(names) if name != model_id)
 
 
-def quantise_image_tower(model: CLIPModel) -> None:
+def quantise_image_tower(model: PreTrainedModel) -> None:
     """int8 dynamic quantisation of the image tower's linear layers, in place.
 
     Only the image side: it runs for every image, while the text tower runs once per policy and keeps
-    the exact fp32 category embeddings every verdict is measured against.
+    the exact fp32 category embeddings every verdict is measured against. The tower's modules are the
+    family's (`image_tower`): CLIP's vision model and projection, SigLIP's vision model and its head.
     """
     from torch.ao.quantization import quantize_dynamic
 
+    names = image_tower(model)
     with warnings.catch_warnings():
         # torch.ao.quantization warns that it is deprecated in favour of torchao; it still works in
         # torch 2.13 and torchao is not a dependency. tests/unit/test_scorer.py checks it is really int8.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        # quantize_dynamic swaps children, never the module it is given: the projection (a bare Linear)
-        # goes through a one-element container.
-        tower = torch.nn.ModuleList([model.vision_model, model.visual_projection])
+        # quantize_dynamic swaps children, never the module it is given: the tower's parts (CLIP's
+        # projection is a bare Linear) go through a container.
+        tower = torch.nn.ModuleList([getattr(model, name) for name in names])
         quantize_dynamic(tower, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        model.vision_model, model.visual_projection = tower[0], tower[1]
+        for name, module in zip(names, tower, strict=True):
+            setattr(model, name, module)

@@ -1,4 +1,4 @@
-"""CLIP zero-shot scoring of images against a policy, on Hugging Face transformers.
+"""CLIP (and SigLIP) zero-shot scoring of images against a policy, on Hugging Face transformers.
 
 A policy category is a set of prompts; its text embedding is the normalised mean of its prompts'
 normalised embeddings, computed once per policy and cached. An image's score is the softmax over
@@ -13,6 +13,10 @@ the GPU by its `decoder`, see moderation/gpu_decode.py) and scores the embedding
 processor, the reference the fast path is tested against. Checkpoints load from local disk only
 (moderation/checkpoints.py): a real checkpoint and the offline test model (moderation/testmodel.py)
 load through the same `load`.
+
+`ClipScorer` runs every dual-encoder family moderation/model_families.py knows (`family`: clip, siglip,
+siglip2); the name stays, as the contract's scorer. SigLIP's own score, a sigmoid with a learned bias,
+is the policy scoring mode `sigmoid`.
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ from moderation.checkpoints import (
 )
 from moderation.exceptions import ConfigurationError, PolicyError
 from moderation.gpu_decode import GpuJpegDecoder, gpu_decoder
+from moderation.model_families import embedding_dim, logit_bias, model_family, text_length
 from moderation.policy import LoadedPolicy
 from moderation.preprocess import PreprocessSpec
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds, and only loading a model needs it
-    from transformers import CLIPModel
+    from transformers import PreTrainedModel
 
     from moderation.settings import ModelSettings
 
@@ -63,18 +68,19 @@ PixelBatch = Sequence[np.ndarray | torch.Tensor] | np.ndarray | torch.Tensor
 @dataclass(frozen=True)
 class ImageScore:
     # category -> score, in policy order: probabilities summing to 1 (softmax policies) or cosine
-    # similarities (independent policies); see moderation/category_scores.py.
+    # similarities (independent policies) or sigmoid probabilities (sigmoid policies); see
+    # moderation/category_scores.py.
     probabilities: dict[str, float]
     best_prompt: str  # the prompt, across all categories, closest to the image
     best_prompt_similarity: float  # its cosine similarity to the image
 
 
 class ClipScorer:
-    """A CLIP model ready to score batches of images against policies. Thread-safe for inference."""
+    """A CLIP or SigLIP model ready to score batches of images against policies. Thread-safe for inference."""
 
     def __init__(
         self,
-        model: CLIPModel,
+        model: PreTrainedModel,
         tokenizer: Any,
         processor: Any,
         model_id: str,
@@ -95,6 +101,9 @@ class ClipScorer:
         self.model_name = model_name or model_id
         self.legacy_model_ids = tuple(legacy_model_ids)
         self.device = device
+        self.family = model_family(model).name  # "clip", "siglip" or "siglip2"
+        self._pad_to_max_length = model_family(model).pad_to_max_length
+        self.embedding_dim = embedding_dim(model)
         # fp16 halves memory and doubles throughput on GPUs; CPUs (no fast fp16/bf16 here) stay in fp32.
         self.dtype = torch.float16 if device.type == "cuda" else torch.float32
         self.model = model.to(device=device, dtype=self.dtype).eval()
@@ -118,7 +127,7 @@ class ClipScorer:
         self.decoder: GpuJpegDecoder | None = gpu_decoder(self.preprocess_spec, device) if gpu_decode else None
         if gpu_decode and self.decoder is None and device.type == "cuda":
             log.warning("gpu_decode requested but torchvision's GPU JPEG decoder is unavailable: decoding on CPU")
-        limits = [model.config.text_config.max_position_embeddings]
+        limits = [text_length(model)]
         tokenizer_limit = getattr(tokenizer, "model_max_length", None)
         if isinstance(tokenizer_limit, int) and tokenizer_limit < 1_000_000:  # huge means "unset"
             limits.append(tokenizer_limit)
@@ -137,7 +146,9 @@ class ClipScorer:
         compile: bool = False,
         gpu_decode: bool = False,
     ) -> ClipScorer:
-        """Load a local checkpoint directory or a hub id already in the local HF cache; never downloads.
+        """Load a local checkpoint directory, a hub id already in the local HF cache, or an OpenAI `.pt`
+        (converted once, see moderation/openai_clip.py); never downloads. CLIP, SigLIP or SigLIP 2, by
+        the checkpoint's `model_type` (moderation/model_families.py).
 
         `device`: "auto" (CUDA when available, else CPU), "cpu" or "cuda[:N]"; CUDA runs fp16 weights
         and SDPA attention. `cpu_mode="int8"`: dynamic int8 quantisation of the image tower's linear
@@ -150,7 +161,8 @@ class ClipScorer:
         hub id of the same checkpoint); `model_name` is `name_or_path` as given.
 
         Raises `ModelNotFoundError` when the checkpoint is not on disk, `ConfigurationError` for a bad
-        device or cpu_mode, or an image processor `PreprocessSpec` cannot reproduce.
+        device or cpu_mode, a model_type no family runs, or an image processor `PreprocessSpec` cannot
+        reproduce (SigLIP 2 NaFlex).
         """
         torch_device = resolve_device(device)
         model, tokenizer, processor = load_parts(name_or_path)
@@ -181,15 +193,18 @@ class ClipScorer:
         )
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Token ids and attention mask, padded to the longest prompt (not to 77) and truncated to the model."""
+        """The text tower's inputs, truncated to the model: CLIP's padded to the longest prompt (not to 77,
+        ~9x faster), SigLIP's to the full length it was trained on. Only the inputs the tokenizer names
+        (`model_input_names`): SigLIP's own tokenizer gives no attention mask, and was trained without."""
         encoded = self._tokenizer(
             list(prompts),
-            padding="longest",
+            padding="max_length" if self._pad_to_max_length else "longest",
             truncation=True,
             max_length=self.max_text_length,
             return_tensors="pt",
         )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        names = getattr(self._tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"]
+        return {k: encoded[k] for k in ("input_ids", "attention_mask") if k in names and k in encoded}
 
     @torch.inference_mode()
     def _embed_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -225,6 +240,7 @@ class ClipScorer:
             prompts=prompts,
             prompt_category=torch.tensor(owners, dtype=torch.long, device=prompt_embeddings.device),
             logit_scale=float(self.model.logit_scale.detach().float().exp()),
+            logit_bias=logit_bias(self.model),
             **self._heads(policy, prompt_embeddings.shape[1], prompt_embeddings.device),
         )
         with self._lock:
@@ -306,14 +322,14 @@ class ClipScorer:
     def pixel_embeddings(self, pixels: PixelBatch) -> torch.Tensor:
         """Normalised embeddings of preprocessed inputs, [n, dim], float32 on the CPU (ready to store)."""
         if len(pixels) == 0:
-            return torch.empty(0, self.model.config.projection_dim)
+            return torch.empty(0, self.embedding_dim)
         return self._embed(self._pixel_batch(pixels)).cpu()
 
     @torch.inference_mode()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Normalised embeddings of PIL images through the reference processor, [n, dim], float32 on the CPU."""
         if not images:
-            return torch.empty(0, self.model.config.projection_dim)
+            return torch.empty(0, self.embedding_dim)
         return self._embed(self._reference_pixels(images)).cpu()
 
     def _reference_pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -10,6 +10,9 @@ the policy's `scoring` mode:
 - ``independent`` (as LAION's safety detector and the Stable Diffusion safety checker do): each category
   is scored alone, as the highest cosine similarity between the image and any of its prompts, against
   its own threshold; adding or removing a category changes no other category's score.
+- ``sigmoid`` (SigLIP's own score): like ``independent``, each category alone, as the highest over its
+  prompts of sigmoid(logit scale * cosine + logit bias), a probability of its own; for CLIP checkpoints
+  (no logit bias) it is sigmoid(logit scale * cosine).
 
 An unsafe category may instead be scored by a trained `head` (moderation/heads.py): a small file next to
 the policy, pinned by its sha256, that turns the image embedding into a calibrated probability of the
@@ -101,7 +104,7 @@ class Category(BaseModel):
         return self.threshold is not None
 
 
-ScoringMode = Literal["softmax", "independent"]
+ScoringMode = Literal["softmax", "independent", "sigmoid"]
 ALLOW_EXPECTATION = "allow"  # a golden example that must not be flagged, whatever its top category
 
 

@@ -42,8 +42,8 @@ class PreprocessSpec:
     """What a model's image processor does to a picture, in the terms `to_pixels` reproduces.
 
     Either `shortest_edge` is set (resize keeping the aspect ratio so the shorter side is that long,
-    as CLIP does) or `resize_to` is (resize to exactly (height, width)). The centre crop is always on:
-    a batch needs one tensor shape.
+    as CLIP does) or `resize_to` is (resize to exactly (height, width), as SigLIP does, where the crop
+    is then the whole resized picture). The centre crop is always on: a batch needs one tensor shape.
     """
 
     crop_size: tuple[int, int]  # (height, width) of the model input
@@ -75,10 +75,15 @@ class PreprocessSpec:
         score with inputs the model was not trained on.
         """
         name = type(processor).__name__
+        if getattr(processor, "max_num_patches", None) is not None:
+            # SigLIP 2's NaFlex processor keeps each picture's aspect ratio and gives a variable number of
+            # patches (with a patch mask and shapes), not a [3, H, W] picture: nothing here reproduces it.
+            raise ConfigurationError(
+                f"{name}: NaFlex preprocessing (variable patch counts) is not supported; "
+                "use a fixed-resolution checkpoint (SigLIP 2 publishes them, e.g. google/siglip2-base-patch16-224)"
+            )
         if not getattr(processor, "do_resize", False):
             raise ConfigurationError(f"{name}: do_resize is off; the fast preprocessing needs a resize")
-        if not getattr(processor, "do_center_crop", False):
-            raise ConfigurationError(f"{name}: do_center_crop is off; batches need one input size")
         if getattr(processor, "do_pad", None):
             raise ConfigurationError(f"{name}: do_pad is not supported")
         size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
@@ -86,6 +91,13 @@ class PreprocessSpec:
         if unsupported:
             raise ConfigurationError(f"{name}: resize size {unsupported} is not supported")
         shortest, height, width = _field(size, "shortest_edge"), _field(size, "height"), _field(size, "width")
+        if not getattr(processor, "do_center_crop", False):
+            # SigLIP's processor squashes the picture to exactly height x width and crops nothing: the
+            # same as a crop of the whole resized picture. A shortest-edge resize without a crop leaves
+            # every picture its own shape, which a batch cannot hold.
+            if shortest is not None or height is None or width is None:
+                raise ConfigurationError(f"{name}: do_center_crop is off; batches need one input size")
+            crop = {"height": height, "width": width}
         crop_h, crop_w = _field(crop, "height"), _field(crop, "width")
         if crop_h is None or crop_w is None:
             raise ConfigurationError(f"{name}: crop_size {crop!r} has no height and width")

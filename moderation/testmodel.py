@@ -29,6 +29,7 @@ from torch.nn.functional import cross_entropy, normalize
 from moderation.checkpoints import quiet_progress_bars
 from moderation.clip_scorer import pooled_embeddings
 from moderation.exceptions import ModerationError
+from moderation.openai_clip import bytes_to_unicode
 
 # Bump whenever the architecture, data or training changes: it names the cache directory, so an old
 # build is never mistaken for a new one.
@@ -86,22 +87,10 @@ def make_colour_image(colour: str, size: tuple[int, int] = (256, 256), seed: int
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (and GPT-2's) reversible byte -> printable unicode character map used by byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes, chars = printable[:], printable[:]
-    for byte in range(256):  # the unprintable bytes get the next free code points, in byte order
-        if byte not in printable:
-            codes.append(byte)
-            chars.append(256 + len(codes) - len(printable) - 1)
-    return {code: chr(char) for code, char in zip(codes, chars, strict=True)}
-
-
 def _vocabulary() -> dict[str, int]:
     # Real CLIP's layout without merges: every byte character, then the same with "</w>" (end of word),
     # then the two special tokens last (so "eos has the highest id" holds, as in the real vocabulary).
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + [_BOS, _EOS]
     return {token: i for i, token in enumerate(tokens)}
 
