@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from moderation.exceptions import ConfigurationError
+from moderation.policy import CategoryName
 from moderation.settings import (
     MASK,
     DatabaseSettings,
@@ -134,6 +135,10 @@ class ConsoleSettings(SettingsGroup):
     )
     search_refresh_s: float = Field(
         30.0, ge=0, le=3600, description="A new verdict is searchable at most this many seconds after it is saved."
+    )
+    label_first: list[CategoryName] = Field(
+        default_factory=list,
+        description="Categories a head is being trained for: their uncertain items come first in the queue.",
     )
 
 

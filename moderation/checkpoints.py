@@ -134,8 +134,19 @@ def load_parts(name_or_path: str) -> tuple[PreTrainedModel, Any, Any]:
     """Model, tokenizer and image processor, from disk only; ModelNotFoundError when they are not there.
 
     The model class is the family's (config.json `model_type`: clip, siglip, siglip2); another type is
-    a `ConfigurationError` naming it and the supported ones.
+    a `ConfigurationError` naming it and the supported ones. One load at a time per process: transformers'
+    lazy module is not safe to import from two threads at once (a class looked up while another thread
+    imports a sibling module can come back missing), and a console loads its search model in the
+    background while other code may load one too.
     """
+    with _LOADING:
+        return _load_parts(name_or_path)
+
+
+_LOADING = threading.Lock()
+
+
+def _load_parts(name_or_path: str) -> tuple[PreTrainedModel, Any, Any]:
     import transformers
     from transformers import AutoImageProcessor, AutoTokenizer
 

@@ -16,11 +16,12 @@ metadata: category, model id), pinned by their file's sha256.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # torch only to train: loading and scoring a head are numpy
     import torch
 
 MIN_PER_CLASS = 5
+FORMAT = "moderation-head-1"
 
 
 class HeadError(ModerationError):
@@ -44,6 +46,11 @@ class Head:
     bias: float
     prior: np.ndarray = field(repr=False)  # [dim] float32: the zero-shot direction it started from
     pull: float = float("inf")  # how hard it was held to `prior` (inf: the prompts' direction, rescaled)
+    # `policy train`'s report, kept in the file (so the pin covers it) for the console's policy page.
+    report: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # Set when read from a file: its sha256 and bytes, as the database keeps them with the policy.
+    sha256: str = field(default="", compare=False)
+    data: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -58,16 +65,19 @@ class Head:
             raise HeadError(f"head {self.category!r} is {self.dim} wide, the embeddings {embeddings.shape[-1]}")
         return _sigmoid(self.logits(embeddings))
 
-    def save(self, path: Path) -> str:
-        """Write the head as safetensors; returns the file's sha256 (what a policy pins)."""
+    def save(self, path: Path, report: dict[str, Any] | None = None) -> str:
+        """Write the head as safetensors (with `report`, or its own, in the metadata); returns the file's
+        sha256 (what a policy pins)."""
         from safetensors.numpy import save_file
 
+        metadata = {"category": self.category, "model_id": self.model_id, "format": FORMAT, "pull": repr(self.pull)}
+        if (report or self.report) is not None:
+            metadata["report"] = json.dumps(report or self.report, sort_keys=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(
             {"weight": self.weight.astype(np.float32), "bias": np.array([self.bias], dtype=np.float32),
              "prior": self.prior.astype(np.float32)},
-            str(path), metadata={"category": self.category, "model_id": self.model_id, "format": "moderation-head-1",
-                      "pull": repr(self.pull)},
+            str(path), metadata=metadata,
         )
         return file_sha256(path)
 
@@ -78,31 +88,52 @@ def file_sha256(path: Path) -> str:
 
 def load_head(path: Path, expected_sha256: str | None = None) -> Head:
     """A head file, checked against the sha256 a policy pins; HeadError on any mismatch or a bad file."""
-    from safetensors import SafetensorError, safe_open
-
     try:
-        digest = file_sha256(path)
+        data = path.read_bytes()
     except OSError as exc:
         raise HeadError(f"cannot read head file {path}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and digest != expected_sha256.lower():
         raise HeadError(f"head file {path} has sha256 {digest}, the policy pins {expected_sha256}")
+    return head_from_bytes(data, str(path), digest)
+
+
+def head_from_bytes(data: bytes, name: str, digest: str | None = None) -> Head:
+    """A head from a file's bytes (`name` for messages): HeadError when they are not a moderation head."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
     try:
-        with safe_open(str(path), framework="numpy") as opened:
-            metadata = opened.metadata() or {}
-            tensors = {name: opened.get_tensor(name) for name in opened.keys()}  # noqa: SIM118 - not a dict
+        tensors = load(data)
+        metadata = _metadata(data)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise HeadError(f"head file {path} is not a safetensors head: {exc}") from None
-    if metadata.get("format") != "moderation-head-1" or not {"weight", "bias", "prior"} <= set(tensors):
-        raise HeadError(f"head file {path} is not a moderation head (format {metadata.get('format')!r})")
+        raise HeadError(f"head file {name} is not a safetensors head: {exc}") from None
+    if metadata.get("format") != FORMAT or not {"weight", "bias", "prior"} <= set(tensors):
+        raise HeadError(f"head file {name} is not a moderation head (format {metadata.get('format')!r})")
     weight, prior = tensors["weight"].astype(np.float32), tensors["prior"].astype(np.float32)
     if weight.ndim != 1 or weight.shape != prior.shape or tensors["bias"].shape != (1,):
-        raise HeadError(f"head file {path} has tensors of the wrong shapes")
+        raise HeadError(f"head file {name} has tensors of the wrong shapes")
     try:
         pull = float(metadata.get("pull", "inf"))
+        report = json.loads(metadata["report"]) if "report" in metadata else None
     except ValueError:
-        raise HeadError(f"head file {path} has a bad 'pull' entry: {metadata.get('pull')!r}") from None
+        raise HeadError(f"head file {name} has a bad 'pull' or 'report' entry") from None
     return Head(metadata.get("category", ""), metadata.get("model_id", ""), weight, float(tensors["bias"][0]), prior,
-                pull=pull)
+                pull=pull, report=report, sha256=digest or hashlib.sha256(data).hexdigest(), data=data)
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file: its header is an 8-byte little-endian length, then JSON."""
+    if len(data) < 8:
+        raise ValueError("too short for a safetensors header")
+    length = int.from_bytes(data[:8], "little")
+    if length > len(data) - 8:
+        raise ValueError("header longer than the file")
+    header = json.loads(data[8 : 8 + length])
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("__metadata__ is not an object")
+    return {str(k): str(v) for k, v in metadata.items()}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -227,12 +227,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def parse_policy(text: str, path: str = "<policy>", *, head_dir: Path | None = None) -> LoadedPolicy:
+def parse_policy(
+    text: str, path: str = "<policy>", *, head_dir: Path | None = None, stored_heads: Mapping[str, bytes] | None = None
+) -> LoadedPolicy:
     """Validate YAML text; raise `PolicyError` naming the file, each bad field and its problem.
 
-    Head files are read from `head_dir` (relative `file` paths; a policy file's own directory) and checked
-    against their pinned sha256; without `head_dir` a policy with heads is parsed but cannot score
-    (`heads_loaded` False), as a stored policy's text is read back for display."""
+    Head files are read from `head_dir` (relative `file` paths; a policy file's own directory), or taken
+    from `stored_heads` (sha256 -> the file's bytes, as the database keeps them), and checked against their
+    pinned sha256; with neither, a policy with heads is parsed but cannot score (`heads_loaded` False)."""
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -249,22 +251,32 @@ def parse_policy(text: str, path: str = "<policy>", *, head_dir: Path | None = N
         ]
         raise PolicyError(path, problems) from exc
     wanted = {name: c.head for name, c in policy.categories.items() if c.head is not None}
-    heads = _load_heads(wanted, head_dir, path) if wanted and head_dir is not None else {}
+    readable = head_dir is not None or stored_heads is not None
+    heads = _load_heads(wanted, head_dir, stored_heads, path) if wanted and readable else {}
     return LoadedPolicy(
         policy=policy, path=path, sha256=policy_hash(policy), text=text, heads=heads,
-        heads_loaded=not wanted or head_dir is not None,
+        heads_loaded=not wanted or readable,
     )
 
 
-def _load_heads(wanted: Mapping[str, HeadRef], head_dir: Path, path: str) -> dict[str, Head]:
-    """Each category's head file, checked against its pin; every problem reported at once."""
-    from moderation.heads import HeadError, load_head
+def _load_heads(
+    wanted: Mapping[str, HeadRef], head_dir: Path | None, stored: Mapping[str, bytes] | None, path: str
+) -> dict[str, Head]:
+    """Each category's head, checked against its pin; every problem reported at once."""
+    from moderation.heads import HeadError, head_from_bytes, load_head
 
     heads: dict[str, Head] = {}
     problems: list[tuple[str, str]] = []
     for name, ref in wanted.items():
         try:
-            head = load_head(head_dir / ref.file, ref.sha256)
+            if head_dir is not None:
+                head = load_head(head_dir / ref.file, ref.sha256)
+            elif stored is not None and ref.sha256 in stored:
+                head = head_from_bytes(stored[ref.sha256], f"{ref.file} (stored)")
+                if head.sha256 != ref.sha256:
+                    raise HeadError(f"the stored head {ref.sha256[:12]} has another sha256, {head.sha256}")
+            else:
+                raise HeadError(f"no head {ref.sha256[:12]} is stored with this policy")
         except HeadError as exc:
             problems.append((f"categories.{name}.head", str(exc)))
             continue

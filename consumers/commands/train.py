@@ -112,11 +112,12 @@ def _write_heads(trained: list[TrainedCategory], directory: Path) -> dict[str, P
         directory.mkdir(parents=True, exist_ok=True)
         for result in trained:
             scratch = directory / f".{result.head.category}.partial.safetensors"
-            digest = result.head.save(scratch)
+            report = {**result.report.as_dict(), "model_id": result.head.model_id}
+            digest = result.head.save(scratch, report=report)  # inside the file: the pin covers it
             path = directory / f"{result.head.category}-{digest[:12]}.safetensors"
             scratch.replace(path)
-            report = {**result.report.as_dict(), "sha256": digest, "model_id": result.head.model_id}
-            path.with_suffix(".report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            beside = {**report, "sha256": digest}  # the same report for people, beside the file
+            path.with_suffix(".report.json").write_text(json.dumps(beside, indent=2) + "\n", encoding="utf-8")
             written[result.head.category] = path
     except OSError as exc:
         raise CommandError(f"cannot write heads into {directory}: {exc.strerror or exc}") from exc

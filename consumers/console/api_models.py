@@ -229,14 +229,25 @@ class PolicySummary(Document):
                    last_seen=stored.last_seen)
 
 
+class HeadOut(Document):
+    category: str
+    head_sha256: str = Field(description="The sha256 of the head file, as the policy pins it.")
+    model_id: str = Field(description="The model whose embeddings it was trained on.")
+    report: dict[str, Any] | None = Field(description="`moderation policy train`'s report: metrics against "
+                                          "zero-shot, learning curve, calibration, suggested thresholds.")
+
+
 class PolicyOut(PolicySummary):
     text: str = Field(description="The YAML exactly as the first worker under it read it.")
     meaning: dict[str, Any] = Field(description="What the hash covers: categories, prompts, thresholds, actions.")
+    heads: list[HeadOut] = Field(description="The trained heads it pins (categories scored by a head).")
 
     @classmethod
     def of(cls, stored: StoredPolicy) -> PolicyOut:
+        heads = [HeadOut(category=h.category, head_sha256=h.head_sha256, model_id=h.model_id, report=h.report)
+                 for h in stored.heads]
         return cls(policy_hash=stored.policy_hash, version=stored.version, first_seen=stored.first_seen,
-                   last_seen=stored.last_seen, text=stored.text, meaning=stored.meaning)
+                   last_seen=stored.last_seen, text=stored.text, meaning=stored.meaning, heads=heads)
 
 
 class AuditOut(Document):

@@ -62,7 +62,7 @@ def console_context(settings: Settings, *, publish: bool = True) -> Iterator[Con
     with ExitStack() as stack:
         engine = stack.enter_context(open_engine(settings.database_url, require_schema=True))
         accounts = Accounts(engine, session_ttl=timedelta(hours=console.session_hours))
-        queue = ReviewQueue(engine, lease=timedelta(minutes=console.claim_minutes))
+        queue = ReviewQueue(engine, lease=timedelta(minutes=console.claim_minutes), label_first=console.label_first)
         metrics = ConsoleMetrics(queue.pending_counts)
         publisher = None
         if publish:

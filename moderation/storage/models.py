@@ -361,6 +361,21 @@ class PolicyRow(Base):
     __table_args__ = (Index("ix_policies_version", "version"),)
 
 
+class PolicyHeadRow(Base):
+    """Every trained head a stored policy pins, by the sha256 of its file: the file itself (a few KB), the
+    model whose embeddings it was trained on and the training report, so a policy version with heads can be
+    explained and reproduced from the database alone. Written with the policy's row, in its transaction."""
+
+    __tablename__ = "policy_heads"
+
+    head_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), primary_key=True)
+    category: Mapped[str] = mapped_column(String(63), nullable=False)
+    model_id: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # the safetensors file
+    report: Mapped[dict[str, Any] | None] = mapped_column(ScoresJSON, nullable=True)  # `policy train`'s report
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+
 class ApiTokenRow(Base):
     """A bearer token of the read API: it acts as one console account (its role) within a scope (read, or
     read and write). Only the token's sha256 is kept; `prefix` (its first characters) lets people tell
@@ -410,4 +425,5 @@ review_audit_table: Table = Base.metadata.tables["review_audit"]
 console_users_table: Table = Base.metadata.tables["console_users"]
 console_sessions_table: Table = Base.metadata.tables["console_sessions"]
 policies_table: Table = Base.metadata.tables["policies"]
+policy_heads_table: Table = Base.metadata.tables["policy_heads"]
 api_tokens_table: Table = Base.metadata.tables["api_tokens"]

@@ -65,10 +65,16 @@ class ItemFilter:
 class ReviewQueue:
     """The review tables over one Engine; `clock` is injectable so tests can let leases run out."""
 
-    def __init__(self, engine: Engine, *, lease: timedelta = DEFAULT_LEASE, clock: Clock = _utcnow) -> None:
+    def __init__(
+        self, engine: Engine, *, lease: timedelta = DEFAULT_LEASE, clock: Clock = _utcnow,
+        label_first: Sequence[str] = (),
+    ) -> None:
         self._engine = engine
         self.lease = lease
         self._clock = clock
+        # Categories a head is being trained for: their uncertain items are served before anything else,
+        # where a reviewer's label teaches the head most (scores the policy could not call).
+        self.label_first = tuple(dict.fromkeys(label_first))
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -153,10 +159,13 @@ class ReviewQueue:
                 conditions.append(t.c.queue.in_(list(queues)))
             if passed:
                 conditions.append(t.c.id.not_in(passed))
-            with storage_errors("could not claim a review item"), self._engine.connect() as conn:
-                candidates = conn.execute(
-                    select(t.c.id).where(*conditions).order_by(t.c.priority, t.c.entered_at, t.c.id).limit(_CANDIDATES)
-                ).scalars().all()
+            candidates = self._label_first_candidates(conditions) if self.label_first else []
+            if not candidates:
+                with storage_errors("could not claim a review item"), self._engine.connect() as conn:
+                    candidates = conn.execute(
+                        select(t.c.id).where(*conditions).order_by(t.c.priority, t.c.entered_at, t.c.id)
+                        .limit(_CANDIDATES)
+                    ).scalars().all()
             if not candidates:
                 return None
             for item_id in candidates:
@@ -165,6 +174,19 @@ class ReviewQueue:
                     return claimed
             passed.extend(candidates)
         return None
+
+    def _label_first_candidates(self, conditions: list[Any]) -> list[int]:
+        """Pending uncertain items of the label-first categories, oldest first (the queue index's
+        (status, priority, entered_at) prefix serves it: uncertain is one priority)."""
+        t = review_items_table
+        uncertain = PRIORITY[ReviewReason.UNCERTAIN]
+        query = (
+            select(t.c.id)
+            .where(*conditions, t.c.priority == uncertain, t.c.category.in_(list(self.label_first)))
+            .order_by(t.c.entered_at, t.c.id).limit(_CANDIDATES)
+        )
+        with storage_errors("could not claim a review item"), self._engine.connect() as conn:
+            return list(conn.execute(query).scalars().all())
 
     def claim(self, item_id: int, actor: Actor) -> ReviewItem:
         """Claim one item (from the list page); ReviewError if someone else holds it or it is decided."""

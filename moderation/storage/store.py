@@ -24,6 +24,7 @@ from moderation.storage.errors import StorageError, storage_errors
 from moderation.storage.models import (
     embeddings_table,
     policies_table,
+    policy_heads_table,
     review_items_table,
     review_publications_table,
     shadow_verdicts_table,
@@ -83,6 +84,14 @@ def _policy_row(policy: LoadedPolicy) -> dict[str, Any]:
         "policy_hash": policy.sha256, "version": policy.version,
         "text": (policy.text or "").replace("\x00", ""), "meaning": policy.meaning(),
     }
+
+
+def _head_rows(policy: LoadedPolicy) -> list[dict[str, Any]]:
+    return [
+        {"head_sha256": head.sha256, "category": category, "model_id": head.model_id, "data": head.data,
+         "report": head.report}
+        for category, head in policy.heads.items() if head.sha256 and head.data
+    ]
 
 
 def _shadow_row(shadow: ShadowVerdict) -> dict[str, Any]:
@@ -171,6 +180,7 @@ class VerdictStore:
         }
         shadows = [_shadow_row(shadow) for v in first.values() for shadow in v.shadows]
         new_policies = {p.sha256: _policy_row(p) for p in policies if p.sha256 not in self._policies_recorded}
+        new_heads = {row["head_sha256"]: row for p in policies if p.sha256 in new_policies for row in _head_rows(p)}
         queued = [queue_row(v) for v in first.values() if v.needs_review]
         table = verdicts_table
         stored: dict[str, Verdict] = {}
@@ -179,6 +189,8 @@ class VerdictStore:
             # DO NOTHING on a known hash takes no row lock: workers never queue behind each other here.
             self._insert_ignoring_repeats(conn, policies_table, list(new_policies.values()),
                                           [policies_table.c.policy_hash])
+            self._insert_ignoring_repeats(conn, policy_heads_table, list(new_heads.values()),
+                                          [policy_heads_table.c.head_sha256])
             self._insert_ignoring_repeats(conn, table, rows, [table.c.event_id])
             self._insert_ignoring_repeats(
                 conn, embeddings_table, list(embeddings.values()),

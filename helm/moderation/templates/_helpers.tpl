@@ -302,6 +302,8 @@ The console's own settings, only in its container (added by moderation.env with 
   value: {{ .Values.console.search.enabled | quote }}
 - name: MODERATION_CONSOLE__SEARCH_REFRESH_S
   value: {{ .Values.console.search.refreshSeconds | quote }}
+- name: MODERATION_CONSOLE__LABEL_FIRST
+  value: {{ toJson (.Values.console.labelFirst | default list) | quote }}
 {{- end }}
 
 {{/*
