@@ -8,8 +8,9 @@ verdicts and their float16 embeddings, 512 wide as ViT-B/32's, decided under pol
 the same code the worker uses. Then times `moderation policy backtest`'s work, in process: the scan
 (`EmbeddingStore.scan`) and the scoring and comparison (`moderation.backtest.backtest`), for the
 policy in force (which must change nothing) and for a candidate with other thresholds. The text side
-comes from a random-init ViT-B/32 (see bench/models.py): the cost does not depend on the weights.
-Prints a table and writes JSON.
+comes from a random-init ViT-B/32 (see bench/models.py): the cost does not depend on the weights. A
+third candidate scores every unsafe category with a trained head (moderation/heads.py), as a
+`moderation policy train` draft does. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -119,6 +120,38 @@ def calibrated(policy_path: Path, scorer: ClipScorer, quantile: float, version: 
     return parse_policy(yaml.safe_dump(raw), f"{version}.yaml")
 
 
+def with_heads(policy_path: Path, scorer: ClipScorer, version: str) -> LoadedPolicy:
+    """policies/default.yaml with a trained head on every unsafe category (moderation/heads.py), each
+    trained on 20,000 random embeddings labelled by a direction near its prompts' and thresholded at its
+    98th percentile, so it flags a known share: the candidate a `policy train` draft would be."""
+    import yaml
+
+    from moderation.heads import train_head
+
+    raw = yaml.safe_load(policy_path.read_text())
+    base = load_policy(policy_path)
+    text = scorer.policy_text(base)
+    rng = np.random.default_rng(3)
+    sample = rng.standard_normal((20_000, DIM), dtype=np.float32)
+    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
+    directory = CACHE / "backtest-heads"
+    directory.mkdir(parents=True, exist_ok=True)
+    for j, (name, category) in enumerate(raw["categories"].items()):
+        if "threshold" not in category:
+            continue
+        prior = text.category_embeddings[j].numpy()
+        truth = prior + 0.05 * rng.standard_normal(DIM, dtype=np.float32)
+        labels = sample @ truth > np.quantile(sample @ truth, 0.9)
+        head = train_head(sample, labels, prior, category=name, model_id=scorer.model_id)
+        digest = head.save(directory / f"{name}.safetensors")
+        category["head"] = {"file": f"{name}.safetensors", "sha256": digest}
+        category["threshold"] = round(float(np.quantile(head.probabilities(sample), 0.98)), 6)
+        category.pop("uncertain_margin", None)
+    raw["version"] = version
+    (directory / f"{version}.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return load_policy(directory / f"{version}.yaml")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="stored embeddings (default 1,000,000)")
@@ -133,6 +166,7 @@ def main() -> int:
     # In force: about 1% flagged per unsafe category; the candidate: 3%, with an uncertain band.
     policy = calibrated(POLICY, scorer, 0.99, "in-force")
     candidate = calibrated(POLICY, scorer, 0.97, "candidate", margin=0.1)
+    headed = with_heads(POLICY, scorer, "trained-heads")
 
     admin = None
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -155,7 +189,8 @@ def main() -> int:
         results["fill_s"] = round(time.perf_counter() - started, 1)
         engine = create_engine_for(url)
         try:
-            for label, policy_under_test in (("policy in force", policy), ("candidate", candidate)):
+            runs_of = (("policy in force", policy), ("candidate", candidate), ("trained heads", headed))
+            for label, policy_under_test in runs_of:
                 runs = []
                 for rep in range(args.reps):
                     text = scorer.policy_text(policy_under_test)  # type: ignore[arg-type]
@@ -189,7 +224,7 @@ def main() -> int:
 
     print(f"\nbacktest over {args.rows:,} stored {DIM}-wide float16 embeddings, {args.database}, median of {args.reps}")
     print(f"{'policy':<18}{'total s':>9}{'read s':>9}{'score s':>9}{'items/s':>12}{'newly':>9}{'no longer':>11}")
-    for label in ("policy in force", "candidate"):
+    for label in ("policy in force", "candidate", "trained heads"):
         row = results[label]
         changes = row["changes"]  # type: ignore[index]
         print(

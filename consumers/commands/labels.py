@@ -96,7 +96,9 @@ def nothing_matched(items: list[LabelledItem], scorer: ClipScorer, settings: Set
 def labels_from_reviews(
     scorer: ClipScorer, settings: Settings, since: datetime | None, policy: LoadedPolicy
 ) -> tuple[list[Any], list[frozenset[str]]]:
-    """Reviewers' decisions on flagged verdicts of this checkpoint as labelled embeddings."""
+    """Reviewers' decisions on verdicts of this checkpoint as labelled embeddings: the console's decisions
+    (flagged, uncertain and audited items, a label per category), then the review tool's outcomes on
+    flagged verdicts the console did not decide."""
     from collections import Counter
 
     from moderation.storage import open_engine
@@ -107,9 +109,12 @@ def labels_from_reviews(
     with open_engine(settings.database_url) as engine:
         store = OutcomeStore(engine)
         for model_id in scorer.stored_model_ids:  # a verdict has one model id: the sets are disjoint
-            rows, row_labels, _ = store.labelled_embeddings(model_id, since)
-            embeddings += list(rows)
-            labels += row_labels
+            for rows, row_labels, _ in (
+                store.console_labelled_embeddings(model_id, since),
+                store.labelled_embeddings(model_id, since, skip_console_decided=True),
+            ):
+                embeddings += list(rows)
+                labels += row_labels
     unknown = Counter(name for item in labels for name in item if name not in policy.policy.categories)
     if unknown:
         # Reviews label the categories of the policy they were flagged under; a renamed or removed

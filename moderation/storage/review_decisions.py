@@ -20,7 +20,13 @@ from sqlalchemy import Connection, Engine, and_, case, func, select
 from moderation.review_outcome import CONFIRMED, OVERTURNED, SCHEMA_VERSION, ReviewOutcome
 from moderation.storage.embeddings import same_image
 from moderation.storage.errors import StorageError, storage_errors
-from moderation.storage.models import embeddings_table, review_outcomes_table, verdicts_table
+from moderation.storage.models import (
+    embeddings_table,
+    review_decisions_table,
+    review_items_table,
+    review_outcomes_table,
+    verdicts_table,
+)
 from moderation.storage.statements import chunks, dialect_insert
 from moderation.verdict import EMBEDDING_DTYPE
 
@@ -200,7 +206,7 @@ class OutcomeStore:
         ]
 
     def labelled_embeddings(
-        self, model_id: str, since: datetime | None = None
+        self, model_id: str, since: datetime | None = None, *, skip_console_decided: bool = False
     ) -> tuple[np.ndarray, list[frozenset[str]], list[str]]:
         """Reviewed, flagged verdicts of `model_id` with a stored embedding, as labelled examples.
 
@@ -208,11 +214,16 @@ class OutcomeStore:
         categories that truly apply, and its content id, in the order the verdicts were written. A
         confirmation labels the reviewer's category, or the flagged one; an overturn labels the reviewer's
         category if one was given, else nothing (a clean image). `since` filters on the verdict's creation.
+        `skip_console_decided`: leave out events the console decided (`console_labelled_embeddings` has
+        them with a label per category).
         """
         v, o, e = verdicts_table, review_outcomes_table, embeddings_table
         conditions = [v.c.model_id == model_id, v.c.flagged, v.c.status == "ok"]
         if since is not None:
             conditions.append(v.c.created_at >= since)
+        if skip_console_decided:
+            t = review_items_table
+            conditions.append(~select(t.c.id).where(t.c.event_id == v.c.event_id, t.c.status == "decided").exists())
         query = (
             select(v.c.content_id, v.c.top_category, o.c.outcome, o.c.category, e.c.vector)
             .select_from(
@@ -232,8 +243,42 @@ class OutcomeStore:
             else:
                 labels.append(frozenset({category}) if category else frozenset())
         vectors = [bytes(row.vector) for row in rows]
-        dims = {len(vector) for vector in vectors}
-        if len(dims) != 1:  # a model id names one architecture; mixed widths mean corrupt rows
-            raise StorageError(f"embeddings of {model_id!r} have different sizes: {sorted(dims)} bytes")
-        embeddings = np.frombuffer(b"".join(vectors), dtype=EMBEDDING_DTYPE).reshape(len(rows), -1)
-        return embeddings, labels, [row.content_id for row in rows]
+        return _stacked(vectors, model_id), labels, [row.content_id for row in rows]
+
+    def console_labelled_embeddings(
+        self, model_id: str, since: datetime | None = None
+    ) -> tuple[np.ndarray, list[frozenset[str]], list[str]]:
+        """The console's decided items of `model_id` with a stored embedding, as labelled examples: flagged,
+        uncertain and audited ones alike (the audit sample is what teaches recall), each labelled with the
+        categories its latest decision marked violating (the others it names, or all of them for a "not
+        violating", are negatives). Escalations label nothing until decided. Same shapes as
+        `labelled_embeddings`; `since` filters on the verdict's creation."""
+        t, d, v, e = review_items_table, review_decisions_table, verdicts_table, embeddings_table
+        conditions = [t.c.status == "decided", v.c.model_id == model_id, v.c.status == "ok",
+                      d.c.outcome.in_(["violating", "not_violating"])]
+        if since is not None:
+            conditions.append(v.c.created_at >= since)
+        query = (
+            select(v.c.content_id, d.c.categories, e.c.vector)
+            .select_from(
+                t.join(d, d.c.decision_id == t.c.latest_decision_id)
+                .join(v, v.c.event_id == t.c.event_id)
+                .join(e, same_image(v, e))
+            )
+            .where(*conditions)
+            .order_by(v.c.id)
+        )
+        with storage_errors("could not read labelled embeddings"), self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return np.empty((0, 0), dtype=EMBEDDING_DTYPE), [], []
+        labels = [frozenset(str(name) for name, violating in (row.categories or {}).items() if violating)
+                  for row in rows]
+        return _stacked([bytes(row.vector) for row in rows], model_id), labels, [row.content_id for row in rows]
+
+
+def _stacked(vectors: list[bytes], model_id: str) -> np.ndarray:
+    dims = {len(vector) for vector in vectors}
+    if len(dims) != 1:  # a model id names one architecture; mixed widths mean corrupt rows
+        raise StorageError(f"embeddings of {model_id!r} have different sizes: {sorted(dims)} bytes")
+    return np.frombuffer(b"".join(vectors), dtype=EMBEDDING_DTYPE).reshape(len(vectors), -1)

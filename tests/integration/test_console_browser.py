@@ -319,3 +319,44 @@ def test_a_reviewer_searches_by_text_and_then_for_more_like_a_hit(console: Conso
     assert page.locator("#hits tbody tr").nth(0).locator(".content-id").inner_text() == first[0]
     assert "images like" in page.inner_text("#search-summary")
     context.close()
+
+
+def test_a_lead_follows_an_item_to_its_policy_and_reads_the_trained_heads_report(
+    console: Console, chromium, tmp_path: Path  # noqa: ANN001
+) -> None:
+    import numpy as np
+
+    from moderation.heads import train_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    report = {"positives": 40, "negatives": 60, "folds": 5, "pull": 0.25, "threshold": 0.5,
+              "zero_shot_threshold": 0.6, "head": {"precision": 0.93, "recall": 0.91, "f1": 0.92, "roc_auc": 0.97},
+              "zero_shot": {"precision": 0.8, "recall": 0.4, "f1": 0.533, "roc_auc": 0.7},
+              "curve": [{"labels": 25, "head": {"f1": 0.81}, "zero_shot": {"f1": 0.533}}], "thresholds": [],
+              "expected_calibration_error": 0.03, "pull_note": HOSTILE}
+    digest = train_head(x, x[:, 0] > 0, np.eye(8, dtype=np.float32)[0], category="violent",
+                        model_id="sha256:m").save(tmp_path / "heads" / "violent-1.safetensors", report=report)
+    pin = f"    head: {{file: heads/violent-1.safetensors, sha256: {digest}}}\n"
+    shipped = (REPO / "policies" / "default.yaml").read_text()
+    text = shipped.replace('version: "2026-11-27.1"', 'version: "2026-12-08.1"')
+    text = text.replace("    threshold: 0.6\n", "    threshold: 0.6\n" + pin)
+    (tmp_path / "trained.yaml").write_text(text)
+    trained = load_policy(tmp_path / "trained.yaml")
+    assert set(trained.heads) == {"violent"}
+    console.accounts.add("lena", PASSWORD, Role.LEAD, by="test")
+    verdict = flagged(1, policy_version=trained.version, policy_hash=trained.sha256)
+    console.store.save_batch([verdict], policies=[trained])
+    context, page = log_in(chromium, console, "lena")
+    page.wait_for_url("**/items/1*")
+    page.click(f"a[href='/policies/{trained.sha256}']")
+    page.wait_for_url(f"**/policies/{trained.sha256}")
+    heads = page.locator("#head-violent")
+    heads.wait_for()
+    table = heads.locator("table.head-metrics").inner_text()
+    assert "trained head" in table and "0.92" in table and "0.533" in table
+    assert "25 labels: 0.81 vs 0.533" in heads.inner_text()
+    assert page.locator("img[src=x]").count() == 0  # nothing from the report is markup
+    shot(page, "console-policy-heads.png")
+    context.close()

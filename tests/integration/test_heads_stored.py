@@ -108,3 +108,43 @@ def test_uncertain_items_of_categories_being_trained_come_first(engine: Engine) 
     labelling.release(first.id, reviewer)
     # Only uncertain items of those categories jump the queue, and only in the queues asked for.
     assert labelling.next_item(reviewer, queues=["violence"]).event_id == "blocked"
+
+
+def test_console_decisions_label_flagged_uncertain_and_audited_items_per_category(engine: Engine) -> None:
+    from moderation.review_outcome import ReviewOutcome
+    from moderation.storage.review_decisions import OutcomeStore
+
+    def vector(i: int) -> np.ndarray:
+        return np.eye(8, dtype=np.float16)[i]
+
+    cases = {  # event -> (verdict changes, the console's decision or None)
+        "flag": ({"top_category": "warm", "action": "review"}, {"warm": True}),
+        "unsure": ({"top_category": "warm", "action": "review", "uncertain": True}, {"warm": False}),
+        "audit": ({"flagged": False, "action": "allow", "top_category": "safe", "audited": True}, {"warm": True}),
+        "tool-only": ({"top_category": "warm", "action": "review"}, None),
+    }
+    verdicts = [make_verdict(name, model_id="sha256:m", image_sha256=f"{i:064x}", embedding=vector(i),
+                             scores={"warm": 0.6, "safe": 0.4}, **changes)
+                for i, (name, (changes, _)) in enumerate(cases.items())]
+    VerdictStore(engine).save_batch(verdicts)
+    queue = ReviewQueue(engine)
+    reviewer = Actor("rita", Role.REVIEWER)
+    for name, (_, decision) in cases.items():
+        if decision is not None:
+            item = queue.item_for_event(name)
+            assert item is not None
+            queue.claim(item.id, reviewer)
+            queue.decide(item.id, reviewer, decision, "checked")
+    decided = datetime.now(timezone.utc).isoformat()
+    store = OutcomeStore(engine)
+    store.save_many([ReviewOutcome(schema_version=1, event_id=e, outcome="confirmed", decided_at=decided)
+                     for e in ("flag", "tool-only")])
+    embeddings, labels, content_ids = store.console_labelled_embeddings("sha256:m")
+    assert dict(zip(content_ids, labels, strict=True)) == {
+        "content-flag": frozenset({"warm"}), "content-unsure": frozenset(), "content-audit": frozenset({"warm"}),
+    }
+    np.testing.assert_array_equal(embeddings[0], vector(0))
+    _, tool_labels, tool_ids = store.labelled_embeddings("sha256:m", skip_console_decided=True)
+    assert dict(zip(tool_ids, tool_labels, strict=True)) == {"content-tool-only": frozenset({"warm"})}
+    # Without skipping, the console's decisions on flagged items are there too (they reach review_outcomes).
+    assert sorted(store.labelled_embeddings("sha256:m")[2]) == ["content-flag", "content-tool-only", "content-unsure"]

@@ -282,3 +282,26 @@ def test_the_training_report_compares_the_head_with_zero_shot_on_the_same_items(
     assert zero_shot_text(text).head_weights is None
     with pytest.raises(HeadError, match="not a category"):
         train_category(policy, text, x, labels, "hot", model_id=scorer.model_id)
+
+
+def test_a_trained_draft_in_shadow_decides_live_events_beside_the_policy_in_force(
+    scorer: ClipScorer, warm_task: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    from moderation.moderator import Moderator
+    from moderation.policy_book import PolicyBook
+    from moderation.settings import ImageSettings
+    from tests.support.events import event
+    from tests.support.images import png
+
+    draft = load_policy(_trained_policy(scorer, tmp_path, warm_task["train_x"], warm_task["train_colours"]))
+    book = PolicyBook(parse_policy(warm_policy()), shadows=(draft,))
+    moderator = Moderator(scorer, book, ImageSettings(), loader_threads=2)
+    try:
+        verdicts = moderator.moderate([event("y", png("yellow", 3)), event("b", png("blue", 3))])
+    finally:
+        moderator.close()
+    yellow, blue = verdicts
+    assert not yellow.flagged and not blue.flagged  # the prompts alone miss yellow
+    assert [s.policy_version for s in yellow.shadows] == ["warm-2"]
+    assert yellow.shadows[0].flagged and yellow.shadows[0].top_category == "warm"  # the head catches it
+    assert not blue.shadows[0].flagged
