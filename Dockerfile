@@ -24,10 +24,16 @@
 ARG BASE_IMAGE=python:3.11-slim
 ARG BUILDER_IMAGE=python:3.11-slim
 
-# --- builder: a wheel of this project only (pure Python; the Alembic migrations ship inside it as
-# --- moderation.migrations, see pyproject.toml) -----------------------------------------------------------
+# --- builder: a wheel of this project (pure Python; the Alembic migrations ship inside it as
+# --- moderation.migrations, see pyproject.toml) and of pdqhash, the one dependency PyPI has as source only --
 FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /src
+# pdqhash (PDQ perceptual hashes) is an sdist of C++: compiled here, so the runtime image needs no compiler.
+# Its wheel is for the builder's Python: on a base with another Python, give BUILDER_IMAGE the same one.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels "pdqhash>=0.2.8"
 COPY pyproject.toml README.md ./
 COPY moderation/ moderation/
 COPY consumers/ consumers/
@@ -62,7 +68,7 @@ RUN ${PYTHON} -m venv --system-site-packages /opt/venv \
     && if [ -n "${TORCH_SPEC}" ]; then /opt/venv/bin/pip install --no-cache-dir ${TORCH_SPEC}; fi
 
 COPY --from=builder /wheels/ /tmp/wheels/
-RUN /opt/venv/bin/pip install --no-cache-dir /tmp/wheels/moderation-*.whl \
+RUN /opt/venv/bin/pip install --no-cache-dir /tmp/wheels/pdqhash-*.whl /tmp/wheels/moderation-*.whl \
     && rm -rf /tmp/wheels \
     && /opt/venv/bin/python -c "from moderation.storage.migrate import script_location as s; \
 assert (s() / 'env.py').is_file(), s()"

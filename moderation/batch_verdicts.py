@@ -58,10 +58,12 @@ def build_verdicts(
                     shadows=tuple(batch.shadows.get(i, ())),
                     audited=not decision.flagged and audit_draw(event.event_id, policy.policy.audit_rate),
                     keep_media=not policy.policy.forbids_media(outcome.probabilities, decision.top_category),
+                    pdq=item.pdq,
                 ))
                 continue
         # It loaded, so its identity and load time are kept on the error verdict.
         verdicts.append(
-            Verdict.error(event, policy, outcome, model_id=model_id, image_sha256=item.sha256, load_ms=item.load_ms)
+            Verdict.error(event, policy, outcome, model_id=model_id, image_sha256=item.sha256, load_ms=item.load_ms,
+                          pdq=item.pdq)
         )
     return verdicts

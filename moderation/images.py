@@ -37,6 +37,7 @@ from moderation.fetch import REASON_NOT_ALLOWED as REASON_NOT_ALLOWED
 from moderation.fetch import REASON_NOT_AN_IMAGE, fetch_bytes
 from moderation.fetch import REASON_NOT_FOUND as REASON_NOT_FOUND
 from moderation.fetch import REASON_TOO_LARGE as REASON_TOO_LARGE
+from moderation.perceptual import PdqHash, pdq_hash
 from moderation.preprocess import PreprocessSpec, draft_size, to_pixels
 from moderation.settings import ImageSettings
 
@@ -118,6 +119,9 @@ class LoadedImage:
     # `Moderator.keep_bytes`). Apart from `encoded`, which means "left for the GPU decoder" and is cleared
     # once decoded.
     original: bytes | None = field(default=None, repr=False)
+    # The picture's PDQ hash (moderation/perceptual.py), from the decoded picture; None when hashing is
+    # off (`images.pdq`) or the picture was left to the GPU decoder.
+    pdq: PdqHash | None = None
 
 
 def load_image(event: ImageEvent, limits: ImageSettings, spec: PreprocessSpec | None = None) -> LoadedImage:
@@ -146,9 +150,10 @@ def load_bytes(data: bytes, limits: ImageSettings, spec: PreprocessSpec | None =
     deadline = time.monotonic() + limits.decode_timeout_s
     sha256 = hashlib.sha256(data).hexdigest()
     image, source_size = _decode(data, limits, spec, deadline)
+    pdq = _pdq(image) if limits.pdq else None
     if spec is None:
         _check_budget(started, limits)
-        return LoadedImage(image, sha256, len(data), (time.perf_counter() - started) * 1000.0)
+        return LoadedImage(image, sha256, len(data), (time.perf_counter() - started) * 1000.0, pdq=pdq)
     try:
         pixels = to_pixels(image, spec, source_size)
     except (OSError, ValueError, MemoryError) as exc:
@@ -156,7 +161,16 @@ def load_bytes(data: bytes, limits: ImageSettings, spec: PreprocessSpec | None =
     _check_budget(started, limits)
     # The picture is dropped once the model input exists: a worker holds several batches in flight,
     # and 600 KB per image (224 px) beats the decoded upload (36 MB for a 12 Mpx PNG).
-    return LoadedImage(None, sha256, len(data), (time.perf_counter() - started) * 1000.0, pixels=pixels)
+    return LoadedImage(None, sha256, len(data), (time.perf_counter() - started) * 1000.0, pixels=pixels, pdq=pdq)
+
+
+def _pdq(image: Image.Image) -> PdqHash | None:
+    """The picture's PDQ hash; None if hashing fails: the model can still score a picture the hash
+    cannot describe (and a bank could not have matched it)."""
+    try:
+        return pdq_hash(image)
+    except Exception:  # noqa: BLE001 - a compiled hasher's failure on one picture must not fail the image
+        return None
 
 
 def _check_budget(started: float, limits: ImageSettings) -> None:

@@ -112,6 +112,9 @@ class ImageSettings(SettingsGroup):
         description="Total time to fetch one image: for http(s) connections, redirects, headers and body; "
         "for file:// the whole read.",
     )
+    pdq: bool = Field(
+        True, description="Compute each picture's PDQ perceptual hash and quality, stored with its verdict."
+    )
     allow_http: bool = Field(True, description="Accept http(s):// image URLs.")
     allowed_url_hosts: tuple[str, ...] = Field(
         (),

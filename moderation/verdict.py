@@ -18,6 +18,7 @@ import numpy as np
 if TYPE_CHECKING:  # for annotations only: the factories read attributes, they import nothing
     from moderation.decision import Decision
     from moderation.events import ImageEvent
+    from moderation.perceptual import PdqHash
     from moderation.policy import LoadedPolicy
 
 # How image embeddings travel with verdicts and are stored: float16, 1 KB for a 512-wide ViT-B/32 one.
@@ -97,6 +98,9 @@ class Verdict:
     embedding_reused: bool = False  # the image's bytes were scored before: no forward pass this time
     # Not flagged, but drawn by the policy's audit sampling (`audit_rate`): sent to review all the same.
     audited: bool = False
+    # The picture's PDQ perceptual hash (64 hex characters) and its quality (0-100), when it was computed.
+    pdq_hash: str | None = None
+    pdq_quality: int | None = None
     # Carried to storage, not part of the verdict's identity: the image's embedding (float16 [dim], for
     # the embeddings table; None on error or when not stored) and the shadow policies' verdicts.
     embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
@@ -127,6 +131,7 @@ class Verdict:
         shadows: tuple[ShadowVerdict, ...] = (),
         audited: bool = False,
         keep_media: bool = True,
+        pdq: PdqHash | None = None,
     ) -> Verdict:
         """The verdict of an image scored and decided under `policy`."""
         return cls(
@@ -153,6 +158,8 @@ class Verdict:
             keep_media=keep_media,
             embedding=embedding,
             shadows=shadows,
+            pdq_hash=pdq.hex if pdq is not None else None,
+            pdq_quality=pdq.quality if pdq is not None else None,
         )
 
     @classmethod
@@ -165,8 +172,10 @@ class Verdict:
         model_id: str,
         image_sha256: str | None = None,
         load_ms: float | None = None,
+        pdq: PdqHash | None = None,
     ) -> Verdict:
-        """The verdict of an event whose image could not be used; `image_sha256` and `load_ms` when it loaded."""
+        """The verdict of an event whose image could not be used; `image_sha256`, `load_ms` and `pdq` when
+        it loaded."""
         return cls(
             event_id=event.event_id,
             content_id=event.content_id,
@@ -186,6 +195,8 @@ class Verdict:
             error_reason=failure.reason,
             error_detail=failure.detail[:_DETAIL_LIMIT],
             load_ms=round(load_ms, 3) if load_ms is not None else None,
+            pdq_hash=pdq.hex if pdq is not None else None,
+            pdq_quality=pdq.quality if pdq is not None else None,
         )
 
 

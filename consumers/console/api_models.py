@@ -50,6 +50,8 @@ class VerdictOut(Document):
     model_id: str
     image_ref: str
     image_sha256: str | None
+    pdq_hash: str | None = Field(description="The picture's PDQ perceptual hash, 64 hex characters (null if none).")
+    pdq_quality: int | None = Field(description="PDQ's quality of that hash, 0-100 (below 50 it never matches).")
     uploaded_at: datetime
     created_at: datetime | None
     error_reason: str | None
@@ -64,6 +66,7 @@ class VerdictOut(Document):
             action=verdict.action, uncertain=verdict.uncertain, audited=verdict.audited, scores=verdict.scores,
             best_prompt=verdict.best_prompt, policy_version=verdict.policy_version, policy_hash=verdict.policy_hash,
             model_id=verdict.model_id, image_ref=verdict.image_ref, image_sha256=verdict.image_sha256,
+            pdq_hash=verdict.pdq_hash, pdq_quality=verdict.pdq_quality,
             uploaded_at=verdict.uploaded_at, created_at=verdict.created_at, error_reason=verdict.error_reason,
             error_detail=verdict.error_detail,
         )

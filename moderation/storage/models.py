@@ -124,6 +124,9 @@ class VerdictRow(Base):
     uncertain: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
     embedding_reused: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
     audited: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    # The picture's PDQ perceptual hash (hex) and quality (moderation/perceptual.py); NULL when not computed.
+    pdq_hash: Mapped[str | None] = mapped_column(String(64))
+    pdq_quality: Mapped[int | None] = mapped_column(SmallInteger)
 
     __table_args__ = (
         # The one invariant the database can check cheaply: a status the code knows how to read back.

@@ -65,6 +65,8 @@ def _to_row(verdict: Verdict) -> dict[str, Any]:
         "uncertain": verdict.uncertain,
         "embedding_reused": verdict.embedding_reused,
         "audited": verdict.audited,
+        "pdq_hash": verdict.pdq_hash,
+        "pdq_quality": verdict.pdq_quality,
     }
 
 
@@ -132,6 +134,8 @@ def verdict_from_row(row: Mapping[str, Any]) -> Verdict:
         uncertain=bool(row["uncertain"]),
         embedding_reused=bool(row["embedding_reused"]),
         audited=bool(row["audited"]),
+        pdq_hash=row.get("pdq_hash"),
+        pdq_quality=row.get("pdq_quality"),
     )
 
 
