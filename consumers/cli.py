@@ -10,6 +10,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from consumers.commands import bank as bank_command
 from consumers.commands import console, demo, embeddings, media, migrate, outcomes, policy, produce, run, testmodel
 from consumers.commands import model as model_command
 from consumers.commands import search as search_command
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     embeddings.register(commands)
     search_command.register(commands)
     media.register(commands)
+    bank_command.register(commands)
     console.register(commands)
     settings_command.register(commands)
     testmodel.register(commands)

@@ -379,6 +379,49 @@ class PolicyHeadRow(Base):
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
 
 
+class BankRow(Base):
+    """A bank of known content: perceptual hashes whose matches are decided without the model."""
+
+    __tablename__ = "banks"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)  # block | review
+    category: Mapped[str] = mapped_column(String(64), nullable=False)  # the verdict's category on a match
+    max_distance: Mapped[int] = mapped_column(SmallInteger, nullable=False)  # PDQ bits; 31 recommended
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    created_by: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("action IN ('block', 'review')", name="action"),
+        CheckConstraint("max_distance >= 0 AND max_distance <= 128", name="max_distance"),
+    )
+
+
+class BankEntryRow(Base):
+    """One hash in a bank. Never deleted by a disable: `enabled` false stops it matching, and `changed_at`
+    (bumped by every change) is what workers poll to pick up edits without reloading every entry."""
+
+    __tablename__ = "bank_entries"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    bank_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    pdq_hash: Mapped[str] = mapped_column(String(64), nullable=False)  # 64 lowercase hex characters
+    label: Mapped[str] = mapped_column(String(200), nullable=False, server_default="")
+    source: Mapped[str] = mapped_column(String(200), nullable=False, server_default="")
+    added_by: Mapped[str] = mapped_column(String(ID_LENGTH), nullable=False)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # removed: kept so workers see it go
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("bank_id", "pdq_hash"),
+        Index("ix_bank_entries_changed_at", "changed_at"),
+    )
+
+
 class ApiTokenRow(Base):
     """A bearer token of the read API: it acts as one console account (its role) within a scope (read, or
     read and write). Only the token's sha256 is kept; `prefix` (its first characters) lets people tell
@@ -430,3 +473,5 @@ console_sessions_table: Table = Base.metadata.tables["console_sessions"]
 policies_table: Table = Base.metadata.tables["policies"]
 policy_heads_table: Table = Base.metadata.tables["policy_heads"]
 api_tokens_table: Table = Base.metadata.tables["api_tokens"]
+banks_table: Table = Base.metadata.tables["banks"]
+bank_entries_table: Table = Base.metadata.tables["bank_entries"]

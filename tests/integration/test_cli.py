@@ -68,7 +68,7 @@ def test_migrate_creates_the_schema_and_is_repeatable(tmp_path: Path) -> None:
     for _ in range(2):
         result = moderation("migrate", env={"MODERATION_DATABASE__URL": url})
         assert result.returncode == 0, result.stderr
-        assert "schema at revision 0008" in result.stdout
+        assert "schema at revision 0009" in result.stdout
     assert VerdictStore(create_engine_for(url)).count() == 0
 
 

@@ -131,12 +131,12 @@ def test_migrated_schema_matches_the_models(migrated_url: str) -> None:
 def test_upgrade_twice_is_a_no_op_and_reports_the_head(database_url: str) -> None:
     assert current_revision(database_url) is None
     upgrade(database_url)
-    assert current_revision(database_url) == head_revision() == "0008"
+    assert current_revision(database_url) == head_revision() == "0009"
     engine = create_engine_for(database_url)
     try:
         VerdictStore(engine).save_batch([make_verdict("e1")])
         upgrade(database_url)
-        assert current_revision(database_url) == "0008"
+        assert current_revision(database_url) == "0009"
         assert VerdictStore(engine).count() == 1
     finally:
         engine.dispose()
@@ -161,7 +161,7 @@ def test_alembic_cli_takes_the_url_from_the_environment(database_url: str, tmp_p
         check=True,
         capture_output=True,
     )
-    assert current_revision(database_url) == "0008"
+    assert current_revision(database_url) == "0009"
 
 
 def test_alembic_config_points_at_the_shipped_scripts() -> None:
