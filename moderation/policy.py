@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from moderation.exceptions import PolicyError
 
-if TYPE_CHECKING:  # heads import torch; a policy file is validated without it
+if TYPE_CHECKING:  # imported when a policy has heads: most policies never need safetensors
     from moderation.heads import Head
 
 CategoryName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
