@@ -42,10 +42,18 @@ def pdq_hash(image: Image.Image) -> PdqHash:
     """The PDQ hash and quality of an RGB picture (scaled to at most 512 pixels on its longest edge)."""
     import pdqhash  # compiled; imported where it is used so that the rest of the package loads without it
 
-    if max(image.size) > _HASH_EDGE:
+    longest = max(image.size)
+    if longest > _HASH_EDGE:
+        # Always to the same edge, so two copies of a picture are hashed at the same scale (scale moves
+        # PDQ bits: 1200 px hashed at 300 and at 400 differed by 12). A box average by a whole factor
+        # first (a quarter of the cost of resizing all the way), then a box resize of what is left.
+        factor = longest // _HASH_EDGE
+        if factor > 1:
+            image = image.reduce(factor)
         scale = _HASH_EDGE / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
+        if scale < 1:
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.BOX)
     rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
     bits, quality = pdqhash.compute(rgb)
     return PdqHash(bytes(np.packbits(np.asarray(bits, dtype=np.uint8))).hex(), int(quality))
