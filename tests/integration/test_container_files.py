@@ -183,6 +183,17 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
         assert not excluded, f"{source} is excluded by .dockerignore: {excluded}"
 
 
+def test_the_wheel_lists_every_package() -> None:
+    """setuptools ships only the packages pyproject.toml names: a package left out works in the editable
+    checkout and is missing from the image (moderation.search once was)."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for top in ("moderation", "consumers") for init in (REPO / top).rglob("__init__.py")
+    }
+    assert found - listed == set(), sorted(found - listed)
+
+
 def test_the_wheel_ships_the_migrations() -> None:
     pyproject = (REPO / "pyproject.toml").read_text()
     assert '"moderation.migrations" = "migrations"' in pyproject
