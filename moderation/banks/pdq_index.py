@@ -128,7 +128,7 @@ class HashIndex:
         query, ids, distance = self.search_arrays(hashes, max_distance)
         queries = len(as_hash_array(hashes)) if not isinstance(hashes, np.ndarray) else len(hashes)
         results: list[list[tuple[int, int]]] = [[] for _ in range(queries)]
-        for q, entry, d in zip(query.tolist(), ids.tolist(), distance.tolist()):
+        for q, entry, d in zip(query.tolist(), ids.tolist(), distance.tolist(), strict=True):
             results[q].append((entry, d))
         return results
 
@@ -169,9 +169,11 @@ class HashIndex:
         segments: list[Segment], queries: np.ndarray, max_distance: int, first: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         found: list[Matches] = [s.search(queries, max_distance) for s in segments]
-        query = np.concatenate([m.query for m in found]) + first if found else np.empty(0, np.int64)
-        ids = np.concatenate([s.ids[m.row] for s, m in zip(segments, found)]) if found else np.empty(0, np.int64)
-        distance = np.concatenate([m.distance for m in found]) if found else np.empty(0, np.int32)
+        if not found:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
+        query = np.concatenate([m.query for m in found]) + first
+        ids = np.concatenate([s.ids[m.row] for s, m in zip(segments, found, strict=True)])
+        distance = np.concatenate([m.distance for m in found]).astype(np.int32)
         return query, ids, distance
 
     # -- size -------------------------------------------------------------------------------------------------
