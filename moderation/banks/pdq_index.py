@@ -46,19 +46,20 @@ def to_hex(hash_bytes: bytes | np.ndarray) -> str:
 
 
 def as_hash_array(hashes: np.ndarray | Sequence[bytes] | Sequence[str]) -> np.ndarray:
-    """uint8 [n, 32] from such an array, a list of 32-byte strings, or a list of hex strings."""
-    if isinstance(hashes, np.ndarray):
-        array = hashes
-    elif len(hashes) == 0:
-        return np.empty((0, HASH_BYTES), dtype=np.uint8)
-    else:
-        raw = [parse_hex(h) if isinstance(h, str) else bytes(h) for h in hashes]
-        array = np.frombuffer(b"".join(raw), dtype=np.uint8)
-        if array.size != len(raw) * HASH_BYTES:
+    """uint8 [n, 32] from such an array, or a list of 32-byte strings, uint8 rows or hex strings."""
+    if not isinstance(hashes, np.ndarray):
+        raw = [
+            parse_hex(h) if isinstance(h, str)
+            else bytes(h) if isinstance(h, (bytes, bytearray, memoryview))
+            else np.asarray(h, dtype=np.uint8).tobytes()
+            for h in hashes
+        ]
+        if any(len(r) != HASH_BYTES for r in raw):
             raise ValueError(f"every PDQ hash is {HASH_BYTES} bytes")
-    if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != HASH_BYTES:
-        raise ValueError(f"hashes must be uint8 [n, {HASH_BYTES}]; got {array.dtype} {list(array.shape)}")
-    return np.ascontiguousarray(array)
+        return np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(raw), HASH_BYTES)
+    if hashes.dtype != np.uint8 or hashes.ndim != 2 or hashes.shape[1] != HASH_BYTES:
+        raise ValueError(f"hashes must be uint8 [n, {HASH_BYTES}]; got {hashes.dtype} {list(hashes.shape)}")
+    return np.ascontiguousarray(hashes)
 
 
 class HashIndex:
