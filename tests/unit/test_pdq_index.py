@@ -106,7 +106,7 @@ def test_small_adds_merge_into_few_segments() -> None:
 
 def test_scan_path_small_index_is_exact() -> None:
     rng = np.random.default_rng(4)
-    stored = rng.integers(0, 256, (SCAN_ROWS // 2, 32), dtype=np.uint8)
+    stored = rng.integers(0, 256, (SCAN_ROWS - 1, 32), dtype=np.uint8)
     ids = np.arange(len(stored)) * 3
     queries = np.concatenate([flipped(stored[:5], 31, rng), flipped(stored[5:10], 32, rng), stored[10:12]])
     index = HashIndex()
