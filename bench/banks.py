@@ -1,7 +1,8 @@
 """Hash-bank lookups: 10M PDQ-sized (256-bit) hashes in `HashIndex`, exact matches within distance 31.
 
     .venv/bin/python bench/banks.py [--hashes 10000000] [--planted 100000] [--threads 2] [--reps 3]
-                                    [--recall-queries 200] [--compare-rows 0] [--out bench/results/banks.json]
+                                    [--recall-queries 200] [--chunks M] [--compare-rows 0]
+                                    [--out bench/results/banks.json]
 
 The bank: `--hashes` uniform random hashes, of which the last `--planted` are near copies (1..31 random
 bits flipped) of other entries, so the bank holds clusters as real ones do. Queries: a third random (no
@@ -208,6 +209,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--recall-queries", type=int, default=200)
+    parser.add_argument("--chunks", type=int, default=None, help="multi-index chunks (default: ~log2(rows) bits a chunk)")
     parser.add_argument("--compare-rows", type=int, default=0, help="also compare faiss's binary indexes at N rows")
     parser.add_argument("--out", type=Path, default=RESULTS / "banks.json")
     args = parser.parse_args()
@@ -224,7 +226,7 @@ def main() -> None:
     say(f"{args.hashes:,} hashes generated ({args.planted:,} planted near copies), {len(queries):,} queries")
     rss_data = current_rss_mb()
 
-    index = HashIndex(threads=args.threads)
+    index = HashIndex(threads=args.threads, chunks=args.chunks)
     started = time.perf_counter()
     index.add(ids, bank)
     results["build_s"] = round(time.perf_counter() - started, 1)

@@ -9,6 +9,8 @@ log-structured-merge style, so a 10M bank is never rebuilt for a live change; a 
 drops removed rows, for a quiet moment (it costs a full build).
 
 One writer at a time; searches may run beside it (the segment list is replaced, not edited, by an add).
+An add that merges into the big segment (a delta a quarter of its size) or `compact()` is a full build
+(seconds for 10M, with both copies in memory meanwhile): run writes off the lookup path.
 """
 
 from __future__ import annotations
@@ -126,9 +128,9 @@ class HashIndex:
         self, hashes: np.ndarray | Sequence[bytes] | Sequence[str], max_distance: int = DEFAULT_MAX_DISTANCE
     ) -> list[list[tuple[int, int]]]:
         """Per query, every live (entry id, distance) within `max_distance`, nearest first (ties by id)."""
-        query, ids, distance = self.search_arrays(hashes, max_distance)
-        queries = len(as_hash_array(hashes)) if not isinstance(hashes, np.ndarray) else len(hashes)
-        results: list[list[tuple[int, int]]] = [[] for _ in range(queries)]
+        queries = as_hash_array(hashes)
+        query, ids, distance = self.search_arrays(queries, max_distance)
+        results: list[list[tuple[int, int]]] = [[] for _ in range(len(queries))]
         for q, entry, d in zip(query.tolist(), ids.tolist(), distance.tolist(), strict=True):
             results[q].append((entry, d))
         return results
