@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--recall-queries", type=int, default=200)
-    parser.add_argument("--chunks", type=int, default=None, help="multi-index chunks (default: ~log2(rows) bits a chunk)")
+    parser.add_argument("--chunks", type=int, default=None, help="index chunks (default: ~log2(rows) bits each)")
     parser.add_argument("--compare-rows", type=int, default=0, help="also compare faiss's binary indexes at N rows")
     parser.add_argument("--out", type=Path, default=RESULTS / "banks.json")
     args = parser.parse_args()
