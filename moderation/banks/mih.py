@@ -188,12 +188,15 @@ class Segment:
         """Every alive row within `max_distance` of each query (uint8 [Q, 32]), exactly once."""
         if len(self.ids) == 0 or len(queries) == 0:
             return _empty()
-        if not self.layout or self._probe_cost(max_distance) > len(self.ids) * len(self.layout):
+        if not self.layout or self._probe_count(max_distance) > len(self.ids) // 4:
             return self._scan(queries, max_distance)
         return self._probe(queries, max_distance)
 
-    def _probe_cost(self, max_distance: int) -> int:
-        return len(self._plan(max_distance)[0])
+    def _probe_count(self, max_distance: int) -> int:
+        """Probes per query, counted before any mask is made: a wide distance (far past PDQ's 31) would
+        need millions of them, and a probe costs a few rows' scan, so past n / 4 the segment is scanned."""
+        radii = chunk_radii(self.layout, len(self.ids), max_distance)
+        return sum(probe_count(width, radius) for (_, width), radius in zip(self.layout, radii, strict=True))
 
     def _plan(self, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per probe: its chunk, its XOR mask and its table base (cached per distance: a batch of 1 is
@@ -214,13 +217,16 @@ class Segment:
     def _scan(self, queries: np.ndarray, max_distance: int) -> Matches:
         qwords = np.ascontiguousarray(queries).view(np.uint64)
         found: list[Matches] = []
-        step = max(1, 2_000_000 // max(len(self.ids), 1))  # bound the [Q, n, 4] temporary to ~64 MB
-        for first in range(0, len(qwords), step):
-            block = qwords[first : first + step]
-            xor = block[:, None, :] ^ self.words[None, :, :]
-            dist = popcount_rows(xor.reshape(-1, 4)).reshape(len(block), -1)
-            q, row = np.nonzero((dist <= max_distance) & self.alive[None, :])
-            found.append(Matches(q.astype(np.int64) + first, row.astype(np.int64), dist[q, row]))
+        rows_step = min(len(self.ids), 65_536)
+        queries_step = max(1, 1_000_000 // rows_step)  # bound the [queries, rows, 4] temporary to ~32 MB
+        for first_row in range(0, len(self.ids), rows_step):
+            words = self.words[first_row : first_row + rows_step]
+            alive = self.alive[first_row : first_row + rows_step]
+            for first in range(0, len(qwords), queries_step):
+                block = qwords[first : first + queries_step]
+                dist = popcount_rows((block[:, None, :] ^ words[None, :, :]).reshape(-1, 4)).reshape(len(block), -1)
+                q, row = np.nonzero((dist <= max_distance) & alive[None, :])
+                found.append(Matches(q.astype(np.int64) + first, row.astype(np.int64) + first_row, dist[q, row]))
         return Matches(*(np.concatenate([getattr(f, k) for f in found]) for k in ("query", "row", "distance")))
 
     def _probe(self, queries: np.ndarray, max_distance: int) -> Matches:

@@ -114,6 +114,11 @@ def test_scan_path_small_index_is_exact() -> None:
     assert index.search(queries, 31) == brute_force(stored, ids, queries, 31)
 
 
+def test_wide_distance_falls_back_to_a_scan(bank) -> None:
+    stored, ids, queries, index = bank
+    assert index.search(queries[:3], 90) == brute_force(stored, ids, queries[:3], 90)
+
+
 def test_empty_index_and_empty_batch() -> None:
     index = HashIndex()
     query = np.zeros((2, 32), dtype=np.uint8)
