@@ -255,7 +255,10 @@ def main() -> None:
     for name, value in speed.items():
         say(f"{name}: {value['median']:.0f} lookups/s")
 
-    sample = rng.choice(len(queries), min(args.recall_queries, len(queries)), replace=False)
+    # Every planted distance 0..32 twice (the near and far queries), the rest at random.
+    near = [np.flatnonzero(planted_at == d)[:2] for d in range(RADIUS + 2)]
+    rest = rng.permutation(np.setdiff1d(np.arange(len(queries)), np.concatenate(near)))
+    sample = np.concatenate([*near, rest])[: args.recall_queries]
     results["recall"] = recall(index, bank, ids, queries[sample], args.threads)
     say(f"recall {results['recall']['recall']} ({results['recall']['true_matches']} true matches), "
         f"{results['recall']['false_matches']} false")

@@ -103,9 +103,7 @@ class HashIndex:
         id_array = np.asarray(ids, dtype=np.int64).reshape(-1)
         removed = 0
         for segment in self._segments:
-            rows = segment.rows_of(id_array)
-            removed += int(segment.alive[rows].sum())
-            segment.alive[rows] = False
+            removed += segment.disable(segment.rows_of(id_array))
         return removed
 
     def compact(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moderation.banks import HashIndex, parse_hex, to_hex
+from moderation.banks import HashIndex, mih, parse_hex, to_hex
 from moderation.banks.mih import SCAN_ROWS
 
 ROWS = 20_000  # above SCAN_ROWS: the multi-index tables are built and probed, not scanned
@@ -58,10 +58,13 @@ def test_boundary_31_found_32_not(bank) -> None:
     assert (int(ids[1]), 32) in index.search(at_32, 32)[0]
 
 
-def test_batch_agrees_with_single_queries(bank) -> None:
+def test_batch_agrees_with_single_queries(bank, monkeypatch: pytest.MonkeyPatch) -> None:
     _, _, queries, index = bank
     batch = index.search(queries, 31)
     assert [index.search(q[None, :], 31)[0] for q in queries] == batch
+    monkeypatch.setattr(mih, "BLOCK_PROBES", 500)  # blocks of 2 queries: the batch split inside a segment
+    assert index.search(queries, 31) == batch
+    monkeypatch.undo()
     threaded = HashIndex(threads=2)
     threaded._segments = index._segments
     assert threaded.search(queries, 31) == batch
