@@ -147,6 +147,7 @@ class Segment:
         self.perm = np.empty(0, dtype=np.int32)
         self.bases: list[int] = []
         self._plans: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._probe_counts: dict[int, int] = {}
         if len(self.ids) >= SCAN_ROWS:
             self._build(chunks)
 
@@ -216,8 +217,12 @@ class Segment:
     def _probe_count(self, max_distance: int) -> int:
         """Probes per query, counted before any mask is made: a wide distance (far past PDQ's 31) would
         need millions of them, and a probe costs a few rows' scan, so past n / 4 the segment is scanned."""
-        radii = chunk_radii(self.layout, len(self.ids), max_distance)
-        return sum(probe_count(width, radius) for (_, width), radius in zip(self.layout, radii, strict=True))
+        count = self._probe_counts.get(max_distance)
+        if count is None:  # cached: working it out took 0.1 ms, a third of a single lookup
+            radii = chunk_radii(self.layout, len(self.ids), max_distance)
+            count = sum(probe_count(width, radius) for (_, width), radius in zip(self.layout, radii, strict=True))
+            self._probe_counts[max_distance] = count
+        return count
 
     def _plan(self, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per probe: its chunk, its XOR mask and its table base (cached per distance: a batch of 1 is
