@@ -120,7 +120,7 @@ class Matches:
 
     query: np.ndarray  # int64
     row: np.ndarray  # int64
-    distance: np.ndarray  # int32
+    distance: np.ndarray  # int16 here; HashIndex hands out int32
 
 
 def _empty() -> Matches:
