@@ -61,6 +61,8 @@ def pdq_hash(image: Image.Image) -> PdqHash:
 
 def parse_pdq(text: str) -> bytes:
     """The 32 bytes of a PDQ hash written in hex; ValueError saying what is wrong otherwise."""
+    if not isinstance(text, str):
+        raise ValueError(f"a PDQ hash is a string of {PDQ_HEX_LENGTH} hex characters, not {type(text).__name__}")
     cleaned = text.strip().lower()
     if len(cleaned) != PDQ_HEX_LENGTH:
         raise ValueError(f"a PDQ hash is {PDQ_HEX_LENGTH} hex characters, not {len(cleaned)}")

@@ -15,28 +15,18 @@ An add that merges into the big segment (a delta a quarter of its size) or `comp
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from moderation.banks.mih import HASH_BYTES, Matches, Segment
+from moderation.perceptual import MATCH_DISTANCE, parse_pdq
 
-DEFAULT_MAX_DISTANCE = 31  # PDQ's recommended match threshold
-_HEX = re.compile(r"[0-9a-fA-F]{64}")
+DEFAULT_MAX_DISTANCE = MATCH_DISTANCE  # PDQ's recommended match threshold
+# One parser for hex hashes everywhere (moderation/perceptual.py): the same words for the same mistake.
+parse_hex = parse_pdq
 MERGE_RATIO = 4  # a segment merges into the one before it once it is a quarter of that one's size
-
-
-def parse_hex(text: str) -> bytes:
-    """A PDQ hash as written in ThreatExchange exports (64 hex digits) -> its 32 bytes."""
-    if not isinstance(text, str):
-        raise ValueError(f"a PDQ hash is a string of 64 hex digits, not {type(text).__name__}")
-    stripped = text.strip()
-    if not _HEX.fullmatch(stripped):
-        shown = stripped if len(stripped) <= 80 else stripped[:77] + "..."
-        raise ValueError(f"a PDQ hash is 64 hex digits (256 bits); got {len(stripped)} characters: {shown!r}")
-    return bytes.fromhex(stripped)
 
 
 def to_hex(hash_bytes: bytes | np.ndarray) -> str:
