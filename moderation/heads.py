@@ -191,8 +191,12 @@ def choose_pull(x: np.ndarray, y: np.ndarray, direction: np.ndarray, *, seed: in
     on at most `_SELECTION_ROWS` labels; ties go to the stronger pull."""
     rng = np.random.default_rng(seed)
     if len(y) > _SELECTION_ROWS:
-        keep = np.concatenate([rng.permutation(np.flatnonzero(y == value))[: int(round(_SELECTION_ROWS * share))]
-                               for value, share in ((True, y.mean()), (False, 1 - y.mean()))])
+        # Each class keeps its share of the sample, and a rare class at least 100 labels (or all it has):
+        # a pull chosen on a handful of positives would say nothing.
+        keep = np.concatenate([
+            rng.permutation(members)[: max(int(round(_SELECTION_ROWS * share)), min(len(members), 100))]
+            for members, share in ((np.flatnonzero(y), y.mean()), (np.flatnonzero(~y), 1 - y.mean()))
+        ])
         x, y = x[keep], y[keep]
     k = len(y) if len(y) <= 20 else 5
     splits = folds(y, k, seed)
