@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import ColumnElement, Engine, func, insert, select, update
 
 from moderation.exceptions import ModerationError
 from moderation.perceptual import MATCH_DISTANCE, PDQ_BITS, parse_pdq
@@ -102,34 +102,45 @@ class BankStore:
         return found
 
     def get(self, name: str) -> Bank | None:
-        return next((bank for bank in self.all() if bank.name == name), None)
+        """One bank with its entry counts (counted for it alone), or None."""
+        banks = self._read(banks_table.c.name == name)
+        return banks[0] if banks else None
 
     def all(self) -> list[Bank]:
         """Every bank with its entry counts, by name."""
+        return self._read(None)
+
+    def _read(self, where: ColumnElement[bool] | None) -> list[Bank]:
         t, e = banks_table, bank_entries_table
-        counts = (
-            select(e.c.bank_id, e.c.enabled, func.count().label("n"))
-            .where(e.c.removed_at.is_(None)).group_by(e.c.bank_id, e.c.enabled)
-        )
+        query = select(t).order_by(t.c.name)
         with storage_errors("could not read the banks"), self._engine.connect() as conn:
-            banks = conn.execute(select(t).order_by(t.c.name)).mappings().all()
+            banks = conn.execute(query if where is None else query.where(where)).mappings().all()
+            counts = (
+                select(e.c.bank_id, e.c.enabled, func.count().label("n"))
+                .where(e.c.removed_at.is_(None), e.c.bank_id.in_([row["id"] for row in banks]))
+                .group_by(e.c.bank_id, e.c.enabled)
+            )
             tallies: dict[tuple[int, bool], int] = {
                 (row.bank_id, bool(row.enabled)): int(row.n) for row in conn.execute(counts)
-            }
+            } if banks else {}
         return [Bank(**dict(row), entries=tallies.get((row["id"], True), 0),
                      disabled=tallies.get((row["id"], False), 0)) for row in banks]
 
-    def _bank(self, name: str) -> Bank:
-        bank = self.get(name)
-        if bank is None:
-            known = ", ".join(b.name for b in self.all()) or "none yet"
-            raise BankError(f"no bank named {name!r} (banks: {known})")
-        return bank
+    def _bank(self, name: str) -> int:
+        """The id of the bank a change names, without counting its entries; BankError naming the banks
+        there are when it does not exist."""
+        t = banks_table
+        with storage_errors("could not read the banks"), self._engine.connect() as conn:
+            found = conn.execute(select(t.c.id).where(t.c.name == name)).scalar()
+            if found is None:
+                known = ", ".join(conn.execute(select(t.c.name).order_by(t.c.name)).scalars()) or "none yet"
+                raise BankError(f"no bank named {name!r} (banks: {known})")
+        return int(found)
 
     def add(self, name: str, entries: Sequence[NewEntry], *, by: str) -> AddResult:
         """Add hashes to a bank in one transaction (all or none): a bad hash is refused before anything
         is written; hashes the bank has already are left as they are."""
-        bank = self._bank(name)
+        bank_id = self._bank(name)
         rows: dict[str, NewEntry] = {}
         for number, entry in enumerate(entries, start=1):
             try:
@@ -142,9 +153,9 @@ class BankStore:
             known: set[str] = set()
             for chunk in chunks(list(rows), 500):
                 known.update(conn.execute(
-                    select(e.c.pdq_hash).where(e.c.bank_id == bank.id, e.c.pdq_hash.in_(chunk))
+                    select(e.c.pdq_hash).where(e.c.bank_id == bank_id, e.c.pdq_hash.in_(chunk))
                 ).scalars())
-            new = [{"bank_id": bank.id, "pdq_hash": value, "label": _clean(entry.label),
+            new = [{"bank_id": bank_id, "pdq_hash": value, "label": _clean(entry.label),
                     "source": _clean(entry.source), "added_by": by}
                    for value, entry in rows.items() if value not in known]
             for chunk in chunks(new, 500):
@@ -155,23 +166,23 @@ class BankStore:
 
     def set_enabled(self, name: str, enabled: bool, hashes: Iterable[str] = (), *, by: str) -> int:
         """Enable or disable a whole bank (no `hashes`) or some of its entries; returns what changed."""
-        bank = self._bank(name)
+        bank_id = self._bank(name)
         values = [parse_pdq(h).hex() for h in hashes]
         now = datetime.now(timezone.utc)
         action = "bank_enable" if enabled else "bank_disable"
         with storage_errors("could not change the bank"), self._engine.begin() as conn:
             if not values:
                 changed = conn.execute(
-                    update(banks_table).where(banks_table.c.id == bank.id, banks_table.c.enabled != enabled)
+                    update(banks_table).where(banks_table.c.id == bank_id, banks_table.c.enabled != enabled)
                     .values(enabled=enabled)
                 ).rowcount
                 # Bump the entries too: a worker polling changes sees the bank's switch.
-                conn.execute(update(bank_entries_table).where(bank_entries_table.c.bank_id == bank.id)
+                conn.execute(update(bank_entries_table).where(bank_entries_table.c.bank_id == bank_id)
                              .values(changed_at=now))
             else:
                 e = bank_entries_table
                 changed = conn.execute(
-                    update(e).where(e.c.bank_id == bank.id, e.c.pdq_hash.in_(values), e.c.removed_at.is_(None),
+                    update(e).where(e.c.bank_id == bank_id, e.c.pdq_hash.in_(values), e.c.removed_at.is_(None),
                                     e.c.enabled != enabled)
                     .values(enabled=enabled, changed_at=now)
                 ).rowcount
@@ -180,7 +191,7 @@ class BankStore:
 
     def remove(self, name: str, hashes: Iterable[str], *, by: str) -> int:
         """Remove entries: they stop matching and leave lists and exports (the rows stay, marked)."""
-        bank = self._bank(name)
+        bank_id = self._bank(name)
         values = [parse_pdq(h).hex() for h in hashes]
         if not values:
             raise BankError("name the hashes to remove (a bank is disabled, not removed)")
@@ -188,7 +199,7 @@ class BankStore:
         e = bank_entries_table
         with storage_errors("could not change the bank"), self._engine.begin() as conn:
             changed = conn.execute(
-                update(e).where(e.c.bank_id == bank.id, e.c.pdq_hash.in_(values), e.c.removed_at.is_(None))
+                update(e).where(e.c.bank_id == bank_id, e.c.pdq_hash.in_(values), e.c.removed_at.is_(None))
                 .values(enabled=False, removed_at=now, changed_at=now)
             ).rowcount
             record(conn, by, "bank_remove", detail={"bank": name, "hashes": values[:20], "changed": changed})
@@ -196,9 +207,9 @@ class BankStore:
 
     def entries(self, name: str, *, include_disabled: bool = True) -> list[BankEntry]:
         """A bank's entries (removed ones left out), oldest first."""
-        bank = self._bank(name)
+        bank_id = self._bank(name)
         e = bank_entries_table
-        query = select(e).where(e.c.bank_id == bank.id, e.c.removed_at.is_(None)).order_by(e.c.id)
+        query = select(e).where(e.c.bank_id == bank_id, e.c.removed_at.is_(None)).order_by(e.c.id)
         if not include_disabled:
             query = query.where(e.c.enabled)
         with storage_errors("could not read the bank"), self._engine.connect() as conn:
