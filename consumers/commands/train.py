@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     version = args.version or _draft_version(loaded.version)
     _write_draft(loaded, trained, written, draft_path, version)
     for result in trained:
-        print(f"head for {result.head.category}: {written[result.head.category]}")
+        print(f"head for {result.head.category}: {written[result.head.category][0]}")
     print(f"policy draft: {draft_path} (version {version}); next: moderation policy check {draft_path}, "
           f"then policy backtest, then shadow it")
     if args.json:
@@ -104,7 +104,7 @@ def _categories(asked: list[str] | None, policy: LoadedPolicy) -> list[str]:
     return list(dict.fromkeys(asked))
 
 
-def _write_heads(trained: list[TrainedCategory], directory: Path) -> dict[str, Path]:
+def _write_heads(trained: list[TrainedCategory], directory: Path) -> dict[str, tuple[Path, str]]:
     """Each head and its report, named by category and the head's own hash (a file is never rewritten
     under a name a policy may already pin)."""
     written = {}
@@ -118,7 +118,7 @@ def _write_heads(trained: list[TrainedCategory], directory: Path) -> dict[str, P
             scratch.replace(path)
             beside = {**report, "sha256": digest}  # the same report for people, beside the file
             path.with_suffix(".report.json").write_text(json.dumps(beside, indent=2) + "\n", encoding="utf-8")
-            written[result.head.category] = path
+            written[result.head.category] = (path, digest)
     except OSError as exc:
         raise CommandError(f"cannot write heads into {directory}: {exc.strerror or exc}") from exc
     return written
@@ -130,14 +130,14 @@ def _draft_version(version: str) -> str:
 
 
 def _write_draft(
-    loaded: LoadedPolicy, trained: list[TrainedCategory], written: dict[str, Path], draft: Path, version: str
+    loaded: LoadedPolicy, trained: list[TrainedCategory], written: dict[str, tuple[Path, str]], draft: Path,
+    version: str,
 ) -> None:
     """The policy with each trained category scored by its head at the report's threshold, re-validated
     (heads read back and checked against their pins) before it is written."""
     import yaml
 
     from moderation.exceptions import PolicyError
-    from moderation.heads import file_sha256
     from moderation.policy import parse_policy
 
     raw: dict[str, Any] = yaml.safe_load(loaded.text)
@@ -147,8 +147,8 @@ def _write_draft(
         example["image"] = os.path.relpath(source_dir / example["image"], draft.parent)
     for result in trained:
         category = raw["categories"][result.head.category]
-        path = written[result.head.category]
-        category["head"] = {"file": str(path.relative_to(draft.parent)), "sha256": file_sha256(path)}
+        path, digest = written[result.head.category]  # the sha256 `Head.save` computed of what it wrote
+        category["head"] = {"file": str(path.relative_to(draft.parent)), "sha256": digest}
         category["threshold"] = round(result.report.threshold, 6)
         margin = category.get("uncertain_margin")
         if margin is not None and not (0 < category["threshold"] - margin and category["threshold"] + margin < 1):
