@@ -39,7 +39,7 @@ from models import build_random_clip  # noqa: E402
 
 from moderation.category_scores import score_embeddings, to_stored  # noqa: E402
 from moderation.clip_scorer import ClipScorer  # noqa: E402
-from moderation.head_training import train_category  # noqa: E402
+from moderation.head_training import best_f1, train_category  # noqa: E402
 from moderation.heads import metrics, train_head  # noqa: E402
 from moderation.policy import load_policy, parse_policy  # noqa: E402
 from moderation.preprocess import to_pixels  # noqa: E402
@@ -77,7 +77,7 @@ def weak_prompts(repeats: int, wrong: float = 0.0) -> dict[str, object]:
         zero_shot_scores = score_embeddings(torch.from_numpy(test_x), text, policy.policy).scores[:, 0].numpy()
     zero_shot = metrics(zero_shot_scores, test_y, 0.5)
     # The most any threshold on the prompts' score could give on these very pictures (an upper bound).
-    best_f1 = max(metrics(zero_shot_scores, test_y, t).f1 for t in np.unique(zero_shot_scores))
+    best = best_f1(zero_shot_scores, test_y)
     rng = np.random.default_rng(0)
     rows = []
     for count in LABEL_COUNTS:
@@ -100,7 +100,7 @@ def weak_prompts(repeats: int, wrong: float = 0.0) -> dict[str, object]:
                      "gain_min": min(f1s) - zero_shot.f1, "pulls": {p: pulls.count(p) for p in sorted(set(pulls))}})
         say(f"weak prompts ({wrong:.0%} wrong), {count} labels: "
             f"F1 median {rows[-1]['f1_median']:.3f} min {rows[-1]['f1_min']:.3f}")
-    return {"zero_shot": zero_shot.as_dict(), "zero_shot_best_f1": round(best_f1, 4), "held_out": len(test_y),
+    return {"zero_shot": zero_shot.as_dict(), "zero_shot_best_f1": round(best, 4), "held_out": len(test_y),
             "repeats": repeats, "wrong_labels": wrong,
             "by_labels": rows}
 

@@ -181,7 +181,7 @@ def train_category(
         category=category, positives=positives, negatives=negatives, folds=k, pull=pull, threshold=threshold,
         zero_shot_threshold=config.threshold, head=metrics(out_of_fold, ey, threshold),
         zero_shot=metrics(ezero, ey, config.threshold),
-        zero_shot_best_f1=_best_f1(ezero, ey), curve=curve, calibration=bins,
+        zero_shot_best_f1=best_f1(ezero, ey), curve=curve, calibration=bins,
         expected_calibration_error=ece, thresholds=suggestions, train_s=train_s, evaluate_s=evaluate_s,
         evaluated=len(ey),
     )
@@ -283,7 +283,9 @@ def _calibration(scores: np.ndarray, y: np.ndarray) -> tuple[list[CalibrationBin
     return bins, error
 
 
-def _best_f1(scores: np.ndarray, y: np.ndarray) -> float:
+def best_f1(scores: np.ndarray, y: np.ndarray) -> float:
+    """The F1 of the best threshold on `scores` for labels `y`, from one sort (an upper bound for any
+    threshold chosen without the labels)."""
     order = np.argsort(-scores, kind="mergesort")
     hits = y[order]
     tp = np.cumsum(hits)
