@@ -20,7 +20,7 @@ from moderation.storage.models import policy_heads_table
 from moderation.storage.policies import PolicyStore
 from moderation.storage.review_queue import ReviewQueue
 from tests.integration.test_storage import make_verdict
-from tests.support.console import console_context, logged_in
+from tests.support.console import client, console_context, logged_in
 from tests.support.heads import warm_policy
 
 
@@ -72,6 +72,10 @@ def test_the_policy_page_and_the_api_show_each_heads_report_escaped(engine: Engi
     policy = load_policy(_headed_policy(tmp_path))
     VerdictStore(engine).save_batch([make_verdict("e1", policy_hash=policy.sha256)], policies=[policy])
     context = console_context(engine)
+    with client(context) as anonymous:  # neither the page nor the API answers without a login
+        refused = anonymous.get(f"/policies/{policy.sha256}", follow_redirects=False)
+        assert refused.status_code == 303 and refused.headers["location"].startswith("/login")
+        assert anonymous.get(f"/api/v1/policies/{policy.sha256}").status_code == 401
     with logged_in(context, "rita") as browser:
         page = browser.get(f"/policies/{policy.sha256}")
         assert page.status_code == 200
